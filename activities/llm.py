@@ -1,0 +1,277 @@
+"""The LLM activity: one chat-completion turn against an OpenAI-compatible endpoint.
+
+The client is built once per worker with `max_retries=0`: Temporal owns retries, so every attempt
+is in the workflow's history. Provider errors become retryable or non-retryable ApplicationErrors,
+with the provider's own retry delay when it gives one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any, Literal
+
+import openai
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from taskpool import names
+from taskpool.models import ChatMessage, ChatTurnRequest, ChatTurnResult, TokenUsage, ToolCall
+try:  # TEMP until tool_emulation lands
+    from taskpool.tool_emulation import (
+        emulation_instructions,
+        parse_emulated_reply,
+        response_format_for,
+    )
+except ImportError:
+    pass
+
+log = structlog.get_logger(__name__)
+
+ToolMode = Literal["native", "json"]
+
+# Statuses a later attempt may get past: rate limits, timeouts, conflicts and server trouble.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+NON_RETRYABLE_CODES = frozenset({"context_length_exceeded", "content_filter", "invalid_api_key"})
+
+
+class LlmActivities:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        default_model: str,
+        tool_mode: ToolMode = "native",
+        heartbeat_every: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._default_model = default_model
+        self._tool_mode = tool_mode
+        self._heartbeat_every = heartbeat_every
+
+    @activity.defn(name=names.CHAT_TURN)
+    async def chat_turn(self, request: ChatTurnRequest) -> ChatTurnResult:
+        info = activity.info()
+        model = request.model or self._default_model
+        structlog.contextvars.bind_contextvars(
+            task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
+        )
+        started = time.monotonic()
+        try:
+            async with self._heartbeating():
+                completion = await self._client.chat.completions.create(
+                    **self._request_arguments(request, model),
+                    timeout=request.timeout_seconds,
+                    extra_headers={
+                        "X-Taskpool-Task": request.task_key,
+                        "X-Taskpool-Turn": str(request.turn),
+                    },
+                )
+        except openai.APIError as err:
+            raise provider_error(err) from err
+        except ValueError as err:
+            # The client raises the JSON decoder's error for a reply body that is not JSON.
+            raise ApplicationError(
+                f"unreadable reply from the model: {err}", type="bad_reply"
+            ) from err
+        finally:
+            structlog.contextvars.unbind_contextvars("task_key", "turn", "attempt", "model")
+        result = self._to_result(completion, request, model)
+        log.info(
+            "llm turn done",
+            task_key=request.task_key,
+            turn=request.turn,
+            seconds=round(time.monotonic() - started, 3),
+            tool_calls=[call.name for call in result.tool_calls],
+            tokens=result.usage.total_tokens,
+        )
+        return result
+
+    def _request_arguments(self, request: ChatTurnRequest, model: str) -> dict[str, Any]:
+        messages = [_to_openai_message(m) for m in request.messages]
+        if not request.tools:
+            return {"model": model, "messages": messages}
+        if self._tool_mode == "native":
+            tools = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+            return {"model": model, "messages": messages, "tools": tools}
+        # Models without tool calling answer in a JSON shape that lists the calls; earlier
+        # calls and tool replies go back to them as plain text.
+        return {
+            "model": model,
+            "messages": _flatten_for_emulation(messages, emulation_instructions(request.tools)),
+            "response_format": response_format_for(request.tools),
+        }
+
+    def _to_result(self, completion: Any, request: ChatTurnRequest, model: str) -> ChatTurnResult:
+        if not completion.choices:
+            raise ApplicationError("the model returned no choices", type="bad_reply")
+        choice = completion.choices[0]
+        message = choice.message
+        usage = TokenUsage()
+        if completion.usage is not None:
+            usage = TokenUsage(
+                prompt_tokens=completion.usage.prompt_tokens or 0,
+                completion_tokens=completion.usage.completion_tokens or 0,
+            )
+        if choice.finish_reason == "content_filter":
+            raise ApplicationError(
+                "the provider's content filter stopped the reply",
+                type="content_filter",
+                non_retryable=True,
+            )
+        prefix = f"t{request.turn}"
+        if self._tool_mode == "json" and request.tools:
+            calls = parse_emulated_reply(message.content or "", request.tools, prefix)
+            content = None if calls else message.content
+        else:
+            calls = [_tool_call(call, f"{prefix}-{n}") for n, call in enumerate(message.tool_calls or [])]
+            content = message.content
+        return ChatTurnResult(
+            content=content,
+            tool_calls=calls,
+            finish_reason=choice.finish_reason,
+            usage=usage,
+            model=completion.model or model,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _heartbeating(self) -> AsyncIterator[None]:
+        """Heartbeat while the model thinks, so a lost worker is noticed within the heartbeat
+        timeout and a cancelled task stops waiting."""
+
+        async def beat() -> None:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(self._heartbeat_every)
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+
+def provider_error(err: openai.APIError) -> ApplicationError:
+    """Turn a provider error into what Temporal should do about it."""
+    if isinstance(err, openai.APITimeoutError):
+        return ApplicationError(f"the model did not answer in time: {err}", type="timeout")
+    if isinstance(err, openai.APIConnectionError):
+        return ApplicationError(f"could not reach the model: {err}", type="connection")
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        code = _error_code(err)
+        message = f"HTTP {status} from the model provider: {_error_message(err)}"
+        if code in NON_RETRYABLE_CODES:
+            return ApplicationError(message, type=code, non_retryable=True)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            return ApplicationError(
+                message,
+                type=f"http_{status}",
+                next_retry_delay=retry_after(err.response.headers),
+            )
+        return ApplicationError(message, type=f"http_{status}", non_retryable=True)
+    # A reply the client could not read (not JSON, wrong shape): a later attempt may do better.
+    return ApplicationError(f"unreadable reply from the model: {err}", type="bad_reply")
+
+
+def retry_after(headers: Any) -> timedelta | None:
+    """The server's requested delay: `retry-after-ms`, or `retry-after` in seconds or as a date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        with contextlib.suppress(ValueError):
+            return timedelta(milliseconds=max(float(millis), 0))
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return timedelta(seconds=max(float(value), 0))
+    except ValueError:
+        pass
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return timedelta(seconds=max(when.timestamp() - time.time(), 0))
+    return None
+
+
+def _error_code(err: openai.APIStatusError) -> str | None:
+    code = getattr(err, "code", None)
+    if isinstance(code, str):
+        return code
+    body = err.body if isinstance(err.body, dict) else {}
+    nested = body.get("error", body)
+    value = nested.get("code") if isinstance(nested, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _error_message(err: openai.APIStatusError) -> str:
+    body = err.body if isinstance(err.body, dict) else {}
+    nested = body.get("error", body)
+    message = nested.get("message") if isinstance(nested, dict) else None
+    return message if isinstance(message, str) else str(err)
+
+
+def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _flatten_for_emulation(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
+    flat: list[dict[str, Any]] = []
+    for message in messages:
+        role, content = message["role"], message.get("content") or ""
+        if role == "system":
+            flat.append({"role": "system", "content": f"{content}\n\n{instructions}"})
+        elif role == "tool":
+            flat.append({"role": "user", "content": f"Tool result: {content}"})
+        elif role == "assistant" and message.get("tool_calls"):
+            calls = [
+                {"tool": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                for c in message["tool_calls"]
+            ]
+            flat.append({"role": "assistant", "content": json.dumps({"calls": calls})})
+        else:
+            flat.append({"role": role, "content": content})
+    return flat
+
+
+def _tool_call(call: Any, fallback_id: str) -> ToolCall:
+    function = getattr(call, "function", None)
+    name = getattr(function, "name", None) or "unknown"
+    raw = getattr(function, "arguments", None) or "{}"
+    call_id = getattr(call, "id", None) or fallback_id
+    try:
+        arguments = json.loads(raw)
+    except json.JSONDecodeError as err:
+        return ToolCall(id=call_id, name=name, arguments_error=f"not JSON ({err.msg})")
+    if not isinstance(arguments, dict):
+        return ToolCall(id=call_id, name=name, arguments_error="not a JSON object")
+    return ToolCall(id=call_id, name=name, arguments=arguments)

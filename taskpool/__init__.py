@@ -1,0 +1,1 @@
+"""taskpool: large batches of LLM tasks as durable Temporal workflows."""

@@ -1,0 +1,431 @@
+"""The domain's data: what a task is, what the batch remembers, and every message's payload.
+
+Everything here is plain pydantic, deterministic and free of I/O, so workflow code can import it.
+Each workflow, activity, signal, query and update takes exactly one of these models; new fields are
+added with defaults so that running workflows keep decoding old payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    IN_PROGRESS = "in_progress"
+    BLOCKED = "blocked"
+    REVIEW = "review"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """Higher runs first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {
+    Priority.LOW: 1,
+    Priority.NORMAL: 2,
+    Priority.HIGH: 3,
+    Priority.URGENT: 4,
+    Priority.CRITICAL: 5,
+}
+
+
+class BatchState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class EventType(StrEnum):
+    CREATED = "created"
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    BLOCKED = "blocked"
+    ASSIGNED = "assigned"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMMENT = "comment"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class _Lenient(BaseModel):
+    """Payloads typed by people in the Temporal UI or CLI: unknown keys are ignored, not fatal."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- The task as the user defines it ------------------------------------------------------------
+
+
+class TaskSpec(_Model):
+    """One unit of work, as written in an input file."""
+
+    id: str = Field(min_length=1, max_length=200)
+    input: str | dict[str, JsonValue]
+    label: str | None = None
+    kind: str = "summarize"
+    priority: Priority = Priority.NORMAL
+    depends_on: list[str] = Field(default_factory=list)
+    scheduled_for: datetime | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_usable_in_workflow_ids(cls, value: str) -> str:
+        if value != value.strip() or any(ch in value for ch in "/\n\r\t"):
+            raise ValueError("must not contain '/', tabs, newlines or surrounding spaces")
+        return value
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.id
+
+
+class TaskError(_Model):
+    """A structured failure: a stable code for machines, a message for people."""
+
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class TokenUsage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class TaskProgress(_Model):
+    percent: float = 0.0
+    step: str | None = None
+    eta_seconds: float | None = None
+
+
+# --- The batch's compact view of each task ------------------------------------------------------
+
+
+class TaskEntry(_Model):
+    """What the batch workflow keeps per task: enough to schedule and to answer queries.
+
+    The full record (input, result, events) lives in the task store.
+    """
+
+    spec: TaskSpec
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    retry_count: int = 0
+    error: TaskError | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    status_reason: str | None = None
+
+
+# --- Workflow inputs -----------------------------------------------------------------------------
+
+
+class AgentSettings(_Model):
+    """Per-batch knobs for the agent loop. No secrets: those stay in the worker's environment."""
+
+    model: str | None = None
+    max_turns: int = Field(default=8, ge=1, le=50)
+    llm_timeout_seconds: float = Field(default=120.0, gt=0)
+    llm_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    llm_max_attempts: int = Field(default=8, ge=1)
+
+
+class BatchOptions(_Model):
+    concurrency: int = Field(default=10, ge=1, le=1000)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    # Continue as new after this many task reports in one run, in addition to whenever Temporal
+    # suggests it. Tests set it low to exercise the hand-over.
+    continue_as_new_after: int = Field(default=2000, ge=1)
+
+
+class BatchRun(_Model):
+    """Everything a batch run needs; the same model starts the batch and carries it across
+    continue-as-new."""
+
+    tasks: list[TaskEntry] = Field(default_factory=list)
+    options: BatchOptions = Field(default_factory=BatchOptions)
+    paused: bool = False
+    pause_reason: str | None = None
+    cancel_reason: str | None = None
+    started_at: datetime | None = None
+    run_number: int = 1
+    registered: bool = False
+
+
+class TaskRunInput(_Model):
+    batch_id: str
+    spec: TaskSpec
+    attempt: int = 1
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+
+class TaskOutcome(_Model):
+    task_id: str
+    attempt: int
+    status: TaskStatus
+    result: JsonValue = None
+    error: TaskError | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+# --- Signals, queries and updates (a public API: see DESIGN.md section 4) ------------------------
+
+
+class PauseRequest(_Lenient):
+    reason: str | None = None
+
+
+class ResumeRequest(_Lenient):
+    pass
+
+
+class CancelRequest(_Lenient):
+    reason: str | None = None
+
+
+class TasksQuery(_Lenient):
+    status: TaskStatus | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class TaskQuery(_Lenient):
+    task_id: str
+
+
+class AddTasksRequest(_Lenient):
+    tasks: list[TaskSpec]
+
+
+class RetryTasksRequest(_Lenient):
+    task_ids: list[str] = Field(default_factory=list)
+    all_failed: bool = False
+
+
+class CancelTasksRequest(_Lenient):
+    task_ids: list[str]
+    reason: str | None = None
+
+
+class SetConcurrencyRequest(_Lenient):
+    concurrency: int = Field(ge=1, le=1000)
+
+
+class TaskView(_Model):
+    id: str
+    label: str
+    kind: str
+    priority: Priority
+    status: TaskStatus
+    attempts: int
+    retry_count: int
+    error: TaskError | None = None
+    usage: TokenUsage
+    llm_calls: int
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    status_reason: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class TaskPage(_Model):
+    total: int
+    offset: int
+    items: list[TaskView]
+
+
+class BatchStatus(_Model):
+    batch_id: str
+    state: BatchState
+    total: int
+    counts: dict[str, int]
+    concurrency: int
+    in_flight: int
+    progress_percent: float
+    paused: bool
+    pause_reason: str | None = None
+    cancel_reason: str | None = None
+    usage: TokenUsage
+    llm_calls: int
+    started_at: datetime | None = None
+    run_number: int
+    recent_errors: list[TaskView] = Field(default_factory=list)
+
+
+class BatchResult(_Model):
+    batch_id: str
+    state: BatchState
+    total: int
+    counts: dict[str, int]
+    usage: TokenUsage
+
+
+class ChildControl(_Lenient):
+    """The batch's instruction to one of its task children: pause or resume its agent loop."""
+
+    paused: bool
+
+
+# --- Activities ----------------------------------------------------------------------------------
+
+
+class ToolSpec(_Model):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolCall(_Model):
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    # Set when the model sent arguments that are not a JSON object; the agent reports it back.
+    arguments_error: str | None = None
+
+
+class ChatMessage(_Model):
+    role: str
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+
+
+class ChatTurnRequest(_Model):
+    task_key: str
+    turn: int
+    messages: list[ChatMessage]
+    tools: list[ToolSpec]
+    model: str | None = None
+    timeout_seconds: float = 120.0
+
+
+class ChatTurnResult(_Model):
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    model: str
+
+
+class TaskEvent(_Model):
+    """One line of a task's history in the store. `key` makes the write idempotent."""
+
+    key: str
+    type: EventType
+    at: datetime
+    message: str | None = None
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class TaskRecordUpdate(_Model):
+    """A change to one task's record in the store, with the events that explain it."""
+
+    batch_id: str
+    task_id: str
+    status: TaskStatus | None = None
+    attempt: int | None = None
+    progress: TaskProgress | None = None
+    result: JsonValue = None
+    error: TaskError | None = None
+    usage: TokenUsage | None = None
+    llm_calls: int | None = None
+    retry_count: int | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    events: list[TaskEvent] = Field(default_factory=list)
+
+
+class RecordTasksRequest(_Model):
+    """Lifecycle writes, several tasks or several changes at once to keep activities few."""
+
+    updates: list[TaskRecordUpdate]
+
+
+class RegisterTasksRequest(_Model):
+    batch_id: str
+    tasks: list[TaskSpec]
+    initial_status: dict[str, TaskStatus]
+    at: datetime
+
+
+class TaskRecord(_Model):
+    """A task as the store holds it: what `results` exports and people read."""
+
+    batch_id: str
+    task_id: str
+    label: str
+    kind: str
+    priority: Priority
+    input: str | dict[str, JsonValue]
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    status: TaskStatus
+    attempt: int = 0
+    retry_count: int = 0
+    progress: TaskProgress = Field(default_factory=TaskProgress)
+    result: JsonValue = None
+    error: TaskError | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime
+    events: list[TaskEvent] = Field(default_factory=list)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()

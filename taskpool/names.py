@@ -1,0 +1,45 @@
+"""Names shared by workflows, activities, the worker and the starter.
+
+Handler names are a public API: people type them in the Temporal UI and CLI (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+BATCH_WORKFLOW = "BatchWorkflow"
+TASK_WORKFLOW = "TaskWorkflow"
+
+# Batch signals, queries and updates.
+PAUSE = "pause"
+RESUME = "resume"
+CANCEL = "cancel"
+STATUS = "status"
+TASKS = "tasks"
+TASK = "task"
+ADD_TASKS = "add_tasks"
+RETRY_TASKS = "retry_tasks"
+CANCEL_TASKS = "cancel_tasks"
+SET_CONCURRENCY = "set_concurrency"
+# Internal: a task child reports its outcome to the batch.
+TASK_FINISHED = "task_finished"
+
+# Task child signal and query.
+CONTROL = "control"
+TASK_STATE = "state"
+
+# Activities.
+CHAT_TURN = "chat_turn"
+REGISTER_TASKS = "register_tasks"
+RECORD_TASKS = "record_tasks"
+
+BATCH_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("TaskpoolBatchState")
+BATCH_PROGRESS_ATTRIBUTE = SearchAttributeKey.for_int("TaskpoolProgress")
+SEARCH_ATTRIBUTES = (BATCH_STATE_ATTRIBUTE, BATCH_PROGRESS_ATTRIBUTE)
+
+
+def task_workflow_id(batch_id: str, task_id: str, attempt: int) -> str:
+    """`<batch>/<task>` for the first run; retries get their own id so a retry can never collide
+    with a previous run that is still closing."""
+    base = f"{batch_id}/{task_id}"
+    return base if attempt <= 1 else f"{base}@{attempt}"

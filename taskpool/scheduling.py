@@ -1,0 +1,276 @@
+"""The batch's task table and its scheduling policy: which task runs next.
+
+Pure and deterministic (the batch workflow owns one), so the rules are unit-tested without Temporal:
+- a task waits while it is scheduled for later or blocked on dependencies that have not completed;
+- ready tasks run by priority (critical first), then in the order they were added;
+- a task whose dependency failed stays blocked (a retry of the dependency may still unblock it)
+  until nothing else can run, when it is cancelled with the reason; a cancelled dependency cancels
+  its dependents at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from taskpool.lifecycle import transition
+from taskpool.models import (
+    TERMINAL_STATUSES,
+    TaskEntry,
+    TaskOutcome,
+    TaskSpec,
+    TaskStatus,
+    TaskView,
+    TokenUsage,
+)
+
+S = TaskStatus
+IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
+
+
+class TaskTable:
+    def __init__(self, entries: Iterable[TaskEntry]) -> None:
+        self.entries: list[TaskEntry] = []
+        self._by_id: dict[str, TaskEntry] = {}
+        self._order: dict[str, int] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self._ready: list[tuple[int, int, str]] = []
+        self._scheduled: list[tuple[datetime, int, str]] = []
+        self.counts: Counter[TaskStatus] = Counter()
+        self.usage = TokenUsage()
+        self.llm_calls = 0
+        for entry in entries:
+            self._index(entry)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._by_id
+
+    def get(self, task_id: str) -> TaskEntry | None:
+        return self._by_id.get(task_id)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.counts[status] for status in IN_FLIGHT_STATUSES)
+
+    @property
+    def finished_count(self) -> int:
+        return sum(self.counts[status] for status in TERMINAL_STATUSES)
+
+    def in_flight_entries(self) -> list[TaskEntry]:
+        return [entry for entry in self.entries if entry.status in IN_FLIGHT_STATUSES]
+
+    def with_status(self, status: TaskStatus | None) -> Iterator[TaskEntry]:
+        return (e for e in self.entries if status is None or e.status is status)
+
+    def count_map(self) -> dict[str, int]:
+        return {status.value: self.counts[status] for status in TaskStatus}
+
+    def can_progress(self) -> bool:
+        """Whether any task not yet finished may still run without outside help."""
+        waiting = (S.PENDING, S.QUEUED, S.SCHEDULED, S.ASSIGNED, S.IN_PROGRESS)
+        if any(self.counts[status] for status in waiting):
+            return True
+        return any(not self._blocked_for_good(e) for e in self.with_status(S.BLOCKED))
+
+    # --- adding tasks -----------------------------------------------------------------------------
+
+    def add(self, specs: Iterable[TaskSpec], now: datetime) -> dict[str, TaskStatus]:
+        """Add new tasks and move each out of `pending`; returns their first status."""
+        added = [TaskEntry(spec=spec) for spec in specs]
+        for entry in added:
+            self._index(entry)
+        for entry in added:
+            self._settle_new(entry, now)
+        return {entry.spec.id: entry.status for entry in added}
+
+    def settle_pending(self, now: datetime) -> dict[str, TaskStatus]:
+        """Move every `pending` task to its first status (a batch's first run does this)."""
+        pending = list(self.with_status(S.PENDING))
+        for entry in pending:
+            self._settle_new(entry, now)
+        return {entry.spec.id: entry.status for entry in pending}
+
+    def _settle_new(self, entry: TaskEntry, now: datetime) -> None:
+        due = entry.spec.scheduled_for
+        if due is not None and due > now:
+            self._move(entry, S.SCHEDULED)
+            return
+        self._move(entry, S.QUEUED)
+        if self._unmet_dependencies(entry):
+            self._move(entry, S.BLOCKED)
+
+    # --- choosing what runs -----------------------------------------------------------------------
+
+    def next_due(self) -> datetime | None:
+        while self._scheduled:
+            due, _, task_id = self._scheduled[0]
+            if self._by_id[task_id].status is S.SCHEDULED:
+                return due
+            heapq.heappop(self._scheduled)
+        return None
+
+    def release_due(self, now: datetime) -> list[TaskEntry]:
+        """Queue (or block) scheduled tasks whose time has come."""
+        released = []
+        while (due := self.next_due()) is not None and due <= now:
+            _, _, task_id = heapq.heappop(self._scheduled)
+            entry = self._by_id[task_id]
+            self._move(entry, S.QUEUED)
+            if self._unmet_dependencies(entry):
+                self._move(entry, S.BLOCKED)
+            released.append(entry)
+        return released
+
+    def take_ready(self, limit: int) -> list[TaskEntry]:
+        """Up to `limit` queued tasks in run order, marked assigned with a new attempt."""
+        taken: list[TaskEntry] = []
+        while self._ready and len(taken) < limit:
+            _, _, task_id = heapq.heappop(self._ready)
+            entry = self._by_id[task_id]
+            if entry.status is not S.QUEUED:
+                continue
+            self._move(entry, S.ASSIGNED)
+            entry.attempts += 1
+            entry.error = None
+            entry.status_reason = None
+            taken.append(entry)
+        return taken
+
+    def has_ready(self) -> bool:
+        return any(self._by_id[task_id].status is S.QUEUED for _, _, task_id in self._ready)
+
+    # --- outcomes and commands --------------------------------------------------------------------
+
+    def accept_outcome(self, outcome: TaskOutcome, now: datetime) -> list[TaskEntry] | None:
+        """Apply a child's report. Returns the tasks whose status changed as a consequence
+        (dependents), or None when the report is stale or a duplicate and was ignored."""
+        entry = self._by_id.get(outcome.task_id)
+        if entry is None or entry.status not in IN_FLIGHT_STATUSES:
+            return None
+        if outcome.attempt != entry.attempts or not outcome.status.is_terminal:
+            return None
+        # The child enforced the lifecycle on its side (assigned, in_progress, ...); the batch
+        # mirrors where it ended.
+        self._set(entry, outcome.status)
+        entry.error = outcome.error
+        entry.usage = entry.usage + outcome.usage
+        entry.llm_calls += outcome.llm_calls
+        entry.started_at = outcome.started_at or entry.started_at
+        entry.completed_at = outcome.completed_at
+        self.usage = self.usage + outcome.usage
+        self.llm_calls += outcome.llm_calls
+        return self._after_finish(entry, now)
+
+    def cancel(self, entry: TaskEntry, reason: str, now: datetime) -> list[TaskEntry]:
+        """Cancel a task that is not running; returns every task cancelled (with dependents)."""
+        self._move(entry, S.CANCELLED)
+        entry.status_reason = reason
+        entry.completed_at = now
+        return [entry, *self._after_finish(entry, now)]
+
+    def retry(self, entry: TaskEntry) -> list[TaskEntry]:
+        """Queue a failed task again; returns the tasks whose status changed."""
+        self._move(entry, S.QUEUED)
+        entry.retry_count += 1
+        entry.error = None
+        entry.status_reason = None
+        entry.completed_at = None
+        if self._unmet_dependencies(entry):
+            self._move(entry, S.BLOCKED)
+        return [entry]
+
+    def cancel_blocked_for_good(self, now: datetime) -> list[TaskEntry]:
+        stuck = [e for e in self.with_status(S.BLOCKED) if self._blocked_for_good(e)]
+        cancelled: list[TaskEntry] = []
+        for entry in stuck:
+            if entry.status is S.BLOCKED:
+                failed = [d for d in entry.spec.depends_on if self._by_id[d].status is S.FAILED]
+                cancelled += self.cancel(entry, f"dependency {', '.join(failed)} failed", now)
+        return cancelled
+
+    # --- views ------------------------------------------------------------------------------------
+
+    def view(self, entry: TaskEntry) -> TaskView:
+        spec = entry.spec
+        return TaskView(
+            id=spec.id,
+            label=spec.display_label,
+            kind=spec.kind,
+            priority=spec.priority,
+            status=entry.status,
+            attempts=entry.attempts,
+            retry_count=entry.retry_count,
+            error=entry.error,
+            usage=entry.usage,
+            llm_calls=entry.llm_calls,
+            started_at=entry.started_at,
+            completed_at=entry.completed_at,
+            status_reason=entry.status_reason,
+            depends_on=spec.depends_on,
+        )
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _index(self, entry: TaskEntry) -> None:
+        task_id = entry.spec.id
+        if task_id in self._by_id:
+            raise ValueError(f"task id {task_id!r} is already in the batch")
+        self._order[task_id] = len(self.entries)
+        self.entries.append(entry)
+        self._by_id[task_id] = entry
+        for dependency in entry.spec.depends_on:
+            self._dependents.setdefault(dependency, []).append(task_id)
+        self.counts[entry.status] += 1
+        self.usage = self.usage + entry.usage
+        self.llm_calls += entry.llm_calls
+        self._track(entry)
+
+    def _move(self, entry: TaskEntry, target: TaskStatus) -> None:
+        self._set(entry, transition(entry.spec.id, entry.status, target))
+
+    def _set(self, entry: TaskEntry, status: TaskStatus) -> None:
+        self.counts[entry.status] -= 1
+        entry.status = status
+        self.counts[status] += 1
+        self._track(entry)
+
+    def _track(self, entry: TaskEntry) -> None:
+        order = self._order[entry.spec.id]
+        if entry.status is S.QUEUED:
+            heapq.heappush(self._ready, (-entry.spec.priority.rank, order, entry.spec.id))
+        elif entry.status is S.SCHEDULED and entry.spec.scheduled_for is not None:
+            heapq.heappush(self._scheduled, (entry.spec.scheduled_for, order, entry.spec.id))
+
+    def _unmet_dependencies(self, entry: TaskEntry) -> list[str]:
+        return [
+            dependency
+            for dependency in entry.spec.depends_on
+            if dependency not in self._by_id or self._by_id[dependency].status is not S.COMPLETED
+        ]
+
+    def _blocked_for_good(self, entry: TaskEntry) -> bool:
+        """Blocked on a failed dependency that nothing will rerun."""
+        return any(
+            self._by_id[d].status is S.FAILED for d in entry.spec.depends_on if d in self._by_id
+        )
+
+    def _after_finish(self, finished: TaskEntry, now: datetime) -> list[TaskEntry]:
+        changed: list[TaskEntry] = []
+        for task_id in self._dependents.get(finished.spec.id, []):
+            dependent = self._by_id[task_id]
+            if dependent.status is not S.BLOCKED:
+                continue
+            if finished.status is S.CANCELLED:
+                reason = f"dependency {finished.spec.id} was cancelled"
+                changed += self.cancel(dependent, reason, now)
+            elif finished.status is S.COMPLETED and not self._unmet_dependencies(dependent):
+                self._move(dependent, S.QUEUED)
+                changed.append(dependent)
+        return changed

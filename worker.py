@@ -1,0 +1,114 @@
+"""taskpool worker: polls the task queue and runs batch and task workflows and their activities.
+
+Configuration comes from the environment (see taskpool.settings and README); Temporal connection
+settings from the SDK's standard env config (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import openai
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.lifecycle import LifecycleActivities
+from activities.llm import LlmActivities
+from taskpool.logging_setup import configure_logging
+from taskpool.settings import Settings, SettingsError
+from taskpool.store import TaskStore, open_store
+from taskpool.temporal import connect, ensure_search_attributes
+from workflows.batch import BatchWorkflow
+from workflows.task import TaskWorkflow
+
+log = structlog.get_logger("taskpool.worker")
+
+
+def build_openai_client(settings: Settings) -> openai.AsyncOpenAI:
+    # Temporal owns retries: one HTTP attempt per activity attempt, all visible in history.
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    return openai.AsyncOpenAI(
+        api_key=api_key or "not-needed",
+        base_url=settings.openai_base_url,
+        max_retries=0,
+    )
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    llm_client: openai.AsyncOpenAI,
+    store: TaskStore,
+) -> Worker:
+    llm = LlmActivities(llm_client, default_model=settings.model, tool_mode=settings.tool_mode)
+    lifecycle = LifecycleActivities(store)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[BatchWorkflow, TaskWorkflow],
+        activities=[llm.chat_turn, lifecycle.register_tasks, lifecycle.record_tasks],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_cached_workflows=settings.max_cached_workflows,
+        # Eager execution would bypass task-queue rate limits on the LLM activity.
+        disable_eager_activity_execution=True,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    """A started worker with its clients; everything is closed on exit."""
+    await ensure_search_attributes(client)
+    store = open_store(settings.store_url)
+    llm_client = build_openai_client(settings)
+    try:
+        worker = build_worker(client, settings, llm_client=llm_client, store=store)
+        async with worker:
+            yield worker
+    finally:
+        await llm_client.close()
+        await store.close()
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, settings):
+        log.info(
+            "worker started",
+            task_queue=settings.task_queue,
+            namespace=client.namespace,
+            model=settings.model,
+            base_url=settings.openai_base_url or "https://api.openai.com/v1",
+            store=settings.store_url,
+        )
+        await stop.wait()
+        log.info("worker stopping: finishing what it holds")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"worker: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except RuntimeError as err:
+        # Connection failures surface as RuntimeError from the SDK's core.
+        log.error("worker failed", error=str(err))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

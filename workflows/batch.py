@@ -1,0 +1,531 @@
+"""BatchWorkflow: the batch's task table as durable state, and a sliding window of task children.
+
+Handlers only change state and set `_wake`; the run loop does the work (start children, tell them
+to pause, write the store, continue as new). Children are started with parent close policy ABANDON
+and report back by signal to the batch's workflow id, so they keep running, and keep reporting to
+the newest run, across continue-as-new; cancelling the batch cancels them explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from taskpool import agents, names
+    from taskpool.details import batch_details
+    from taskpool.lifecycle import can_transition
+    from taskpool.models import (
+        AddTasksRequest,
+        BatchResult,
+        BatchRun,
+        BatchState,
+        BatchStatus,
+        CancelRequest,
+        CancelTasksRequest,
+        ChildControl,
+        EventType,
+        PauseRequest,
+        RecordTasksRequest,
+        RegisterTasksRequest,
+        ResumeRequest,
+        RetryTasksRequest,
+        SetConcurrencyRequest,
+        TaskEntry,
+        TaskError,
+        TaskEvent,
+        TaskOutcome,
+        TaskPage,
+        TaskQuery,
+        TaskRecordUpdate,
+        TaskRunInput,
+        TasksQuery,
+        TaskStatus,
+        TaskView,
+    )
+    from taskpool.policies import STORE_WRITE_OPTIONS
+    from taskpool.scheduling import TaskTable
+
+# A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
+# child starts, child signals and store writes go out in groups of this size.
+COMMAND_GROUP = 100
+STORE_CHUNK = 500
+# How long cancellation waits for running children to confirm before it marks them cancelled.
+CANCEL_CONFIRM_TIMEOUT = timedelta(minutes=2)
+
+
+@workflow.defn(name=names.BATCH_WORKFLOW)
+class BatchWorkflow:
+    @workflow.init
+    def __init__(self, run: BatchRun) -> None:
+        self._run = run
+        self._table = TaskTable(run.tasks)
+        self._wake = True
+        self._starting = 0
+        self._reports_this_run = 0
+        # Children of an earlier run were told the pause state before it continued as new.
+        self._children_paused = run.paused
+        self._store_updates: list[TaskRecordUpdate] = []
+        self._search_attributes: tuple[str, int] | None = None
+        self._start_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def _batch_id(self) -> str:
+        return workflow.info().workflow_id
+
+    @workflow.run
+    async def run(self, run: BatchRun) -> BatchResult:
+        if self._run.started_at is None:
+            self._run.started_at = workflow.now()
+        try:
+            if not self._run.registered:
+                await self._register(self._run.tasks, self._table.settle_pending(workflow.now()))
+                self._run.registered = True
+            await self._run_loop()
+        except asyncio.CancelledError:
+            # "Request Cancellation" in the UI or CLI: clean up like the cancel signal, then let
+            # the workflow end as cancelled.
+            self._run.cancel_reason = (
+                self._run.cancel_reason
+                or workflow.cancellation_reason()
+                or "cancellation requested from Temporal"
+            )
+            await self._cancel_everything()
+            self._refresh_visibility()
+            raise
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._refresh_visibility()
+        return BatchResult(
+            batch_id=self._batch_id,
+            state=self._state(),
+            total=len(self._table),
+            counts=self._table.count_map(),
+            usage=self._table.usage,
+        )
+
+    async def _run_loop(self) -> None:
+        while True:
+            self._wake = False
+            self._release_scheduled()
+            if self._run.cancel_reason is not None:
+                await self._cancel_everything()
+                return
+            await self._tell_children_pause_state()
+            self._dispatch()
+            await self._flush_store()
+            self._refresh_visibility()
+            if self._starting == 0 and not self._table.can_progress():
+                self._note_changes(self._table.cancel_blocked_for_good(workflow.now()))
+                await self._flush_store()
+                return
+            if self._should_continue_as_new():
+                await self._continue_as_new()
+            await self._sleep_until_woken()
+
+    async def _sleep_until_woken(self) -> None:
+        due = self._table.next_due()
+        timeout = None if due is None else max((due - workflow.now()).total_seconds(), 0.001)
+        try:
+            await workflow.wait_condition(lambda: self._wake, timeout=timeout)
+        except TimeoutError:
+            pass
+
+    # --- signals (the public API: see DESIGN.md section 4) ----------------------------------------
+
+    @workflow.signal(name=names.PAUSE)
+    def pause(self, request: PauseRequest | None = None) -> None:
+        self._run.paused = True
+        self._run.pause_reason = request.reason if request else None
+        self._wake = True
+
+    @workflow.signal(name=names.RESUME)
+    def resume(self, request: ResumeRequest | None = None) -> None:
+        self._run.paused = False
+        self._run.pause_reason = None
+        self._wake = True
+
+    @workflow.signal(name=names.CANCEL)
+    def cancel(self, request: CancelRequest | None = None) -> None:
+        if self._run.cancel_reason is None:
+            reason = request.reason if request and request.reason else None
+            self._run.cancel_reason = reason or "cancelled by request"
+        self._wake = True
+
+    @workflow.signal(name=names.TASK_FINISHED)
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        changed = self._table.accept_outcome(outcome, workflow.now())
+        if changed is None:
+            return
+        self._reports_this_run += 1
+        self._note_changes(changed)
+        self._wake = True
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    @workflow.query(name=names.STATUS)
+    def status(self) -> BatchStatus:
+        status = self._summary()
+        recent_failures = sorted(
+            (e for e in self._table.with_status(TaskStatus.FAILED) if e.completed_at is not None),
+            key=lambda e: e.completed_at or workflow.now(),
+            reverse=True,
+        )[:5]
+        status.recent_errors = [self._table.view(e) for e in recent_failures]
+        return status
+
+    def _summary(self) -> BatchStatus:
+        """The status without the parts that cost a scan of the whole table."""
+        table = self._table
+        total = len(table)
+        return BatchStatus(
+            batch_id=self._batch_id,
+            state=self._state(),
+            total=total,
+            counts=table.count_map(),
+            concurrency=self._run.options.concurrency,
+            in_flight=table.in_flight,
+            progress_percent=round(100.0 * table.finished_count / total, 2) if total else 100.0,
+            paused=self._run.paused,
+            pause_reason=self._run.pause_reason,
+            cancel_reason=self._run.cancel_reason,
+            usage=table.usage,
+            llm_calls=table.llm_calls,
+            started_at=self._run.started_at,
+            run_number=self._run.run_number,
+        )
+
+    @workflow.query(name=names.TASKS)
+    def tasks(self, query: TasksQuery | None = None) -> TaskPage:
+        query = query or TasksQuery()
+        matching = list(self._table.with_status(query.status))
+        page = matching[query.offset : query.offset + query.limit]
+        return TaskPage(
+            total=len(matching), offset=query.offset, items=[self._table.view(e) for e in page]
+        )
+
+    @workflow.query(name=names.TASK)
+    def task(self, query: TaskQuery) -> TaskView:
+        entry = self._table.get(query.task_id)
+        if entry is None:
+            raise ValueError(f"batch {self._batch_id} has no task {query.task_id!r}")
+        return self._table.view(entry)
+
+    # --- updates: validated first, so a bad request never reaches history -------------------------
+
+    @workflow.update(name=names.ADD_TASKS)
+    async def add_tasks(self, request: AddTasksRequest) -> BatchStatus:
+        statuses = self._table.add(request.tasks, workflow.now())
+        self._wake = True
+        await self._register(request.tasks, statuses)
+        return self.status()
+
+    @add_tasks.validator
+    def _validate_add_tasks(self, request: AddTasksRequest) -> None:
+        self._reject_if_closing()
+        if not request.tasks:
+            raise ValueError("no tasks to add")
+        new_ids = [t.id for t in request.tasks]
+        problems = []
+        seen: set[str] = set()
+        for spec in request.tasks:
+            if spec.id in self._table or spec.id in seen:
+                problems.append(f"task id {spec.id!r} is already in the batch")
+            seen.add(spec.id)
+            if spec.kind not in agents.KINDS:
+                problems.append(f"task {spec.id!r}: unknown kind {spec.kind!r}")
+            for dependency in spec.depends_on:
+                if dependency not in self._table and dependency not in new_ids:
+                    problems.append(f"task {spec.id!r} depends on unknown task {dependency!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @workflow.update(name=names.RETRY_TASKS)
+    async def retry_tasks(self, request: RetryTasksRequest) -> BatchStatus:
+        for entry in self._retry_targets(request):
+            self._note_changes(self._table.retry(entry), EventType.RETRIED)
+        self._wake = True
+        return self.status()
+
+    @retry_tasks.validator
+    def _validate_retry_tasks(self, request: RetryTasksRequest) -> None:
+        self._reject_if_closing()
+        if not self._retry_targets(request):
+            raise ValueError("no failed tasks to retry")
+
+    def _retry_targets(self, request: RetryTasksRequest) -> list[TaskEntry]:
+        if request.all_failed:
+            return list(self._table.with_status(TaskStatus.FAILED))
+        targets = []
+        for task_id in request.task_ids:
+            entry = self._table.get(task_id)
+            if entry is None:
+                raise ValueError(f"batch has no task {task_id!r}")
+            if entry.status is not TaskStatus.FAILED:
+                raise ValueError(f"task {task_id!r} is {entry.status.value}; only failed tasks retry")
+            targets.append(entry)
+        return targets
+
+    @workflow.update(name=names.CANCEL_TASKS)
+    async def cancel_tasks(self, request: CancelTasksRequest) -> BatchStatus:
+        reason = request.reason or "cancelled by request"
+        running = []
+        for task_id in request.task_ids:
+            entry = self._table.get(task_id)
+            if entry is None or entry.status.is_terminal:
+                continue
+            if entry.status in (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS):
+                entry.status_reason = reason
+                running.append(entry)
+            else:
+                self._note_changes(self._table.cancel(entry, reason, workflow.now()))
+        self._wake = True
+        await self._cancel_children(running)
+        return self.status()
+
+    @cancel_tasks.validator
+    def _validate_cancel_tasks(self, request: CancelTasksRequest) -> None:
+        self._reject_if_closing()
+        for task_id in request.task_ids:
+            entry = self._table.get(task_id)
+            if entry is None:
+                raise ValueError(f"batch has no task {task_id!r}")
+            if entry.status.is_terminal:
+                raise ValueError(f"task {task_id!r} has already ended ({entry.status.value})")
+            if not can_transition(entry.status, TaskStatus.CANCELLED):
+                raise ValueError(f"task {task_id!r} cannot be cancelled from {entry.status.value}")
+
+    @workflow.update(name=names.SET_CONCURRENCY)
+    def set_concurrency(self, request: SetConcurrencyRequest) -> BatchStatus:
+        self._run.options.concurrency = request.concurrency
+        self._wake = True
+        return self.status()
+
+    @set_concurrency.validator
+    def _validate_set_concurrency(self, request: SetConcurrencyRequest) -> None:
+        self._reject_if_closing()
+
+    def _reject_if_closing(self) -> None:
+        if self._run.cancel_reason is not None:
+            raise ValueError(f"the batch is being cancelled ({self._run.cancel_reason})")
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def _release_scheduled(self) -> None:
+        self._note_changes(self._table.release_due(workflow.now()), EventType.QUEUED)
+
+    def _dispatch(self) -> None:
+        if self._run.paused:
+            return
+        free = self._run.options.concurrency - self._table.in_flight
+        for entry in self._table.take_ready(min(free, COMMAND_GROUP)):
+            entry.started_at = workflow.now()
+            self._starting += 1
+            start = asyncio.create_task(self._start_child(entry))
+            self._start_tasks.add(start)
+            start.add_done_callback(self._start_tasks.discard)
+
+    async def _start_child(self, entry: TaskEntry) -> None:
+        spec = entry.spec
+        try:
+            await workflow.start_child_workflow(
+                names.TASK_WORKFLOW,
+                TaskRunInput(
+                    batch_id=self._batch_id,
+                    spec=spec,
+                    attempt=entry.attempts,
+                    agent=self._run.options.agent,
+                ),
+                id=names.task_workflow_id(self._batch_id, spec.id, entry.attempts),
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"{spec.id}: {spec.display_label}"[:200],
+            )
+        except (WorkflowAlreadyStartedError, FailureError) as err:
+            # Not adopted: a workflow already holding this id was not started by this batch
+            # (for example a batch id reused while old children still run).
+            self._table.accept_outcome(
+                TaskOutcome(
+                    task_id=spec.id,
+                    attempt=entry.attempts,
+                    status=TaskStatus.FAILED,
+                    error=_start_error(err),
+                    completed_at=workflow.now(),
+                ),
+                workflow.now(),
+            )
+            self._note_changes([entry], EventType.FAILED)
+        finally:
+            self._starting -= 1
+            self._wake = True
+
+    async def _tell_children_pause_state(self) -> None:
+        if self._children_paused == self._run.paused:
+            return
+        await workflow.wait_condition(lambda: self._starting == 0)
+        paused = self._run.paused
+        await self._for_each_child(
+            self._table.in_flight_entries(),
+            lambda handle: handle.signal(names.CONTROL, ChildControl(paused=paused)),
+        )
+        self._children_paused = paused
+
+    async def _cancel_children(self, entries: Sequence[TaskEntry]) -> None:
+        await self._for_each_child(entries, lambda handle: handle.cancel())
+
+    async def _for_each_child(self, entries: Sequence[TaskEntry], action: Any) -> None:
+        """Apply `action` to each child's handle, a group of commands per workflow task. A child
+        that has just finished no longer takes signals; its report is on the way."""
+
+        async def apply(entry: TaskEntry) -> None:
+            child_id = names.task_workflow_id(self._batch_id, entry.spec.id, entry.attempts)
+            try:
+                await action(workflow.get_external_workflow_handle(child_id))
+            except FailureError as err:
+                workflow.logger.info("Child %s did not take the command: %s", child_id, err)
+
+        for start in range(0, len(entries), COMMAND_GROUP):
+            await asyncio.gather(*(apply(e) for e in entries[start : start + COMMAND_GROUP]))
+
+    async def _cancel_everything(self) -> None:
+        reason = self._run.cancel_reason or "cancelled"
+        now = workflow.now()
+        for entry in list(self._table.entries):
+            if not entry.status.is_terminal and entry.status not in (
+                TaskStatus.ASSIGNED,
+                TaskStatus.IN_PROGRESS,
+            ):
+                self._note_changes(self._table.cancel(entry, reason, now))
+        await self._flush_store()
+        await workflow.wait_condition(lambda: self._starting == 0)
+        running = self._table.in_flight_entries()
+        for entry in running:
+            entry.status_reason = reason
+        await self._cancel_children(running)
+        try:
+            await workflow.wait_condition(
+                lambda: self._table.in_flight == 0, timeout=CANCEL_CONFIRM_TIMEOUT
+            )
+        except TimeoutError:
+            for entry in self._table.in_flight_entries():
+                self._table.accept_outcome(
+                    TaskOutcome(
+                        task_id=entry.spec.id,
+                        attempt=entry.attempts,
+                        status=TaskStatus.CANCELLED,
+                        completed_at=workflow.now(),
+                    ),
+                    workflow.now(),
+                )
+                entry.status_reason = f"{reason} (the task did not confirm in time)"
+                self._note_changes([entry], EventType.CANCELLED)
+        await self._flush_store()
+
+    # --- continue-as-new --------------------------------------------------------------------------
+
+    def _should_continue_as_new(self) -> bool:
+        return (
+            self._reports_this_run >= self._run.options.continue_as_new_after
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    async def _continue_as_new(self) -> None:
+        # Every child start must be accepted before the hand-over, or the new run could not
+        # find it; handlers must finish so no signal or update is lost.
+        await workflow.wait_condition(lambda: self._starting == 0)
+        await self._flush_store()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._run.tasks = self._table.entries
+        self._run.run_number += 1
+        workflow.logger.info(
+            "Batch continues as new (run %d) after %d reports",
+            self._run.run_number,
+            self._reports_this_run,
+        )
+        workflow.continue_as_new(self._run)
+
+    # --- the task store ---------------------------------------------------------------------------
+
+    async def _register(self, specs: Sequence[Any], statuses: dict[str, TaskStatus]) -> None:
+        spec_list = [entry.spec if isinstance(entry, TaskEntry) else entry for entry in specs]
+        for start in range(0, len(spec_list), STORE_CHUNK):
+            chunk = spec_list[start : start + STORE_CHUNK]
+            await workflow.execute_local_activity(
+                names.REGISTER_TASKS,
+                RegisterTasksRequest(
+                    batch_id=self._batch_id,
+                    tasks=chunk,
+                    initial_status={spec.id: statuses[spec.id] for spec in chunk},
+                    at=workflow.now(),
+                ),
+                **STORE_WRITE_OPTIONS,
+            )
+
+    def _note_changes(self, entries: Sequence[TaskEntry], event: EventType | None = None) -> None:
+        """Queue store writes for status changes the batch made itself."""
+        now = workflow.now()
+        for entry in entries:
+            event_type = event if event is not None else EventType(entry.status.value)
+            if entry.status is TaskStatus.QUEUED and event is None:
+                event_type = EventType.QUEUED
+            self._store_updates.append(
+                TaskRecordUpdate(
+                    batch_id=self._batch_id,
+                    task_id=entry.spec.id,
+                    status=entry.status,
+                    retry_count=entry.retry_count,
+                    error=entry.error,
+                    completed_at=entry.completed_at,
+                    events=[
+                        TaskEvent(
+                            key=f"batch:{entry.retry_count}:{entry.attempts}:{entry.status.value}",
+                            type=event_type,
+                            at=now,
+                            message=entry.status_reason,
+                        )
+                    ],
+                )
+            )
+
+    async def _flush_store(self) -> None:
+        while self._store_updates:
+            chunk = self._store_updates[:STORE_CHUNK]
+            del self._store_updates[:STORE_CHUNK]
+            await workflow.execute_local_activity(
+                names.RECORD_TASKS, RecordTasksRequest(updates=chunk), **STORE_WRITE_OPTIONS
+            )
+
+    # --- what people see --------------------------------------------------------------------------
+
+    def _state(self) -> BatchState:
+        counts = self._table.counts
+        if self._run.cancel_reason is not None:
+            return BatchState.CANCELLED
+        if self._run.paused:
+            return BatchState.PAUSED
+        if self._starting or self._table.can_progress():
+            return BatchState.RUNNING
+        return BatchState.FAILED if counts[TaskStatus.FAILED] else BatchState.COMPLETED
+
+    def _refresh_visibility(self) -> None:
+        status = self._summary()
+        workflow.set_current_details(batch_details(status, workflow.now()))
+        visible = (status.state.value, int(status.progress_percent))
+        if visible != self._search_attributes:
+            self._search_attributes = visible
+            workflow.upsert_search_attributes(
+                [
+                    names.BATCH_STATE_ATTRIBUTE.value_set(visible[0]),
+                    names.BATCH_PROGRESS_ATTRIBUTE.value_set(visible[1]),
+                ]
+            )
+
+
+def _start_error(err: Exception) -> TaskError:
+    if isinstance(err, WorkflowAlreadyStartedError):
+        message = "a task workflow with this id is already running and belongs to another batch"
+        return TaskError(code="already_running", message=message)
+    return TaskError(code="start_failed", message=f"the task workflow did not start: {err}")
