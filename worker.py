@@ -104,8 +104,9 @@ def main() -> int:
     try:
         asyncio.run(serve(settings))
     except RuntimeError as err:
-        # Connection failures surface as RuntimeError from the SDK's core.
-        log.error("worker failed", error=str(err))
+        # Connection failures surface as RuntimeError from the SDK's core: one clear line, as
+        # for any other configuration mistake, not a traceback.
+        print(f"worker: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from taskpool import names
 from taskpool.models import ChatMessage, ChatTurnRequest, ChatTurnResult, TokenUsage, ToolCall
+
 try:  # TEMP until tool_emulation lands
     from taskpool.tool_emulation import (
         emulation_instructions,
@@ -140,7 +141,9 @@ class LlmActivities:
             calls = parse_emulated_reply(message.content or "", request.tools, prefix)
             content = None if calls else message.content
         else:
-            calls = [_tool_call(call, f"{prefix}-{n}") for n, call in enumerate(message.tool_calls or [])]
+            calls = [
+                _tool_call(call, f"{prefix}-{n}") for n, call in enumerate(message.tool_calls or [])
+            ]
             content = message.content
         return ChatTurnResult(
             content=content,
@@ -155,10 +158,15 @@ class LlmActivities:
         """Heartbeat while the model thinks, so a lost worker is noticed within the heartbeat
         timeout and a cancelled task stops waiting."""
 
+        timeout = activity.info().heartbeat_timeout
+        every = self._heartbeat_every
+        if timeout is not None:
+            every = min(every, timeout.total_seconds() / 4)
+
         async def beat() -> None:
             while True:
                 activity.heartbeat()
-                await asyncio.sleep(self._heartbeat_every)
+                await asyncio.sleep(every)
 
         beating = asyncio.create_task(beat())
         try:
@@ -244,7 +252,9 @@ def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _flatten_for_emulation(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
+def _flatten_for_emulation(
+    messages: list[dict[str, Any]], instructions: str
+) -> list[dict[str, Any]]:
     flat: list[dict[str, Any]] = []
     for message in messages:
         role, content = message["role"], message.get("content") or ""

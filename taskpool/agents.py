@@ -126,5 +126,7 @@ def first_messages(spec: TaskSpec) -> list[ChatMessage]:
     body = spec.input if isinstance(spec.input, str) else json.dumps(spec.input, indent=2)
     return [
         ChatMessage(role="system", content=kind.system_prompt()),
-        ChatMessage(role="user", content=f"Task id: {spec.id}\nTask: {spec.display_label}\n\n{body}"),
+        ChatMessage(
+            role="user", content=f"Task id: {spec.id}\nTask: {spec.display_label}\n\n{body}"
+        ),
     ]

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
 
 from taskpool import names
 from taskpool.models import (
+    AddTasksRequest,
     BatchOptions,
     BatchResult,
     BatchRun,
     BatchStatus,
     CancelRequest,
+    CancelTasksRequest,
     PauseRequest,
     ResumeRequest,
+    RetryTasksRequest,
+    SetConcurrencyRequest,
     TaskEntry,
+    TaskPage,
+    TaskProgress,
     TaskSpec,
+    TasksQuery,
+    TaskStatus,
+    TaskView,
 )
+
+# TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
+TASK_PROGRESS = "progress"
 
 
 async def start_batch(
@@ -27,14 +41,20 @@ async def start_batch(
     *,
     task_queue: str,
     options: BatchOptions | None = None,
+    id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
 ) -> WorkflowHandle[object, BatchResult]:
-    run = BatchRun(tasks=[TaskEntry(spec=spec) for spec in tasks], options=options or BatchOptions())
+    """Start the batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished
+    batch already used (its children's ids and store records would be shared)."""
+    run = BatchRun(
+        tasks=[TaskEntry(spec=spec) for spec in tasks], options=options or BatchOptions()
+    )
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         run,
         id=batch_id,
         task_queue=task_queue,
         result_type=BatchResult,
+        id_reuse_policy=id_reuse_policy,
         static_summary=f"taskpool batch of {len(tasks)} tasks",
     )
 
@@ -44,7 +64,10 @@ def batch_handle(client: Client, batch_id: str) -> WorkflowHandle[object, BatchR
 
 
 async def batch_status(client: Client, batch_id: str) -> BatchStatus:
-    return await batch_handle(client, batch_id).query(names.STATUS, result_type=BatchStatus)
+    answer: BatchStatus = await batch_handle(client, batch_id).query(
+        names.STATUS, result_type=BatchStatus
+    )
+    return answer
 
 
 async def pause_batch(client: Client, batch_id: str, reason: str | None = None) -> None:
@@ -57,3 +80,114 @@ async def resume_batch(client: Client, batch_id: str) -> None:
 
 async def cancel_batch(client: Client, batch_id: str, reason: str | None = None) -> None:
     await batch_handle(client, batch_id).signal(names.CANCEL, CancelRequest(reason=reason))
+
+
+# --- Reading a batch ---------------------------------------------------------------------------
+
+# A query needs a worker to answer it; without one the server holds the call until its own
+# deadline (about 30 s). Readers would rather hear sooner that nobody answers.
+QUERY_TIMEOUT = timedelta(seconds=10)
+TASK_PAGE_SIZE = 1000
+
+
+async def query_status(
+    client: Client, batch_id: str, *, rpc_timeout: timedelta | None = QUERY_TIMEOUT
+) -> BatchStatus:
+    """`batch_status` with a deadline, for callers that tell people when no worker answers."""
+    answer: BatchStatus = await batch_handle(client, batch_id).query(
+        names.STATUS, result_type=BatchStatus, rpc_timeout=rpc_timeout
+    )
+    return answer
+
+
+async def task_page(
+    client: Client,
+    batch_id: str,
+    *,
+    status: TaskStatus | None = None,
+    offset: int = 0,
+    limit: int = 100,
+    rpc_timeout: timedelta | None = QUERY_TIMEOUT,
+) -> TaskPage:
+    answer: TaskPage = await batch_handle(client, batch_id).query(
+        names.TASKS,
+        TasksQuery(status=status, offset=offset, limit=limit),
+        result_type=TaskPage,
+        rpc_timeout=rpc_timeout,
+    )
+    return answer
+
+
+async def iter_tasks(
+    client: Client, batch_id: str, *, status: TaskStatus | None = None
+) -> AsyncIterator[TaskView]:
+    """Every task of the batch (with `status`, when given), a page of queries at a time.
+
+    Pages are read while the batch runs, so a task whose status changes between two pages may
+    be seen twice or not at all when filtering by status.
+    """
+    offset = 0
+    while True:
+        page = await task_page(client, batch_id, status=status, offset=offset, limit=TASK_PAGE_SIZE)
+        for view in page.items:
+            yield view
+        offset += len(page.items)
+        if not page.items or offset >= page.total:
+            return
+
+
+async def task_progress(
+    client: Client,
+    batch_id: str,
+    task_id: str,
+    attempt: int,
+    *,
+    rpc_timeout: timedelta | None = QUERY_TIMEOUT,
+) -> TaskProgress:
+    """The progress a running task's agent last reported, asked of its own workflow."""
+    handle = client.get_workflow_handle(names.task_workflow_id(batch_id, task_id, attempt))
+    answer: TaskProgress = await handle.query(
+        TASK_PROGRESS, result_type=TaskProgress, rpc_timeout=rpc_timeout
+    )
+    return answer
+
+
+# --- Changing a batch: updates are validated by the batch before they touch its history -------
+
+
+async def add_tasks(client: Client, batch_id: str, tasks: Sequence[TaskSpec]) -> BatchStatus:
+    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
+        names.ADD_TASKS, AddTasksRequest(tasks=list(tasks)), result_type=BatchStatus
+    )
+    return answer
+
+
+async def retry_tasks(
+    client: Client, batch_id: str, *, task_ids: Sequence[str] = (), all_failed: bool = False
+) -> BatchStatus:
+    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
+        names.RETRY_TASKS,
+        RetryTasksRequest(task_ids=list(task_ids), all_failed=all_failed),
+        result_type=BatchStatus,
+    )
+    return answer
+
+
+async def cancel_tasks(
+    client: Client, batch_id: str, task_ids: Sequence[str], reason: str | None = None
+) -> BatchStatus:
+    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
+        names.CANCEL_TASKS,
+        CancelTasksRequest(task_ids=list(task_ids), reason=reason),
+        result_type=BatchStatus,
+    )
+    return answer
+
+
+async def set_concurrency(client: Client, batch_id: str, concurrency: int) -> BatchStatus:
+    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
+        names.SET_CONCURRENCY,
+        SetConcurrencyRequest(concurrency=concurrency),
+        result_type=BatchStatus,
+    )
+    return answer

@@ -4,11 +4,14 @@ model per test, and one polling helper instead of scattered sleeps."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +21,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, open_store
-from taskpool.scripted_server import ScriptedModelServer
 from taskpool.temporal import ensure_search_attributes
 from worker import build_openai_client, build_worker
 
@@ -100,7 +103,9 @@ def make_worker(client: Client, settings: Settings, **overrides: Any) -> tuple[W
     """A worker like worker.py builds, on this test's queue; returns it and what to close."""
     store = open_store(settings.store_url)
     llm = build_openai_client(settings)
-    worker = build_worker(client, settings.model_copy(update=overrides), llm_client=llm, store=store)
+    worker = build_worker(
+        client, settings.model_copy(update=overrides), llm_client=llm, store=store
+    )
     return worker, (store, llm)
 
 
@@ -116,10 +121,10 @@ async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1
+    check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
 ) -> T:
     """Call `check` until it returns without an AssertionError, or fail with its last error."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             return await check()
@@ -127,3 +132,73 @@ async def eventually(
             if time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+def worker_environment(settings: Settings, temporal_address: str) -> dict[str, str]:
+    """The environment a worker.py process needs to serve this test's queue."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TASKPOOL_"))}
+    env.update(
+        TEMPORAL_ADDRESS=temporal_address,
+        TEMPORAL_NAMESPACE="default",
+        TASKPOOL_TASK_QUEUE=settings.task_queue,
+        TASKPOOL_STORE=settings.store_url,
+        TASKPOOL_MODEL=settings.model,
+        TASKPOOL_LOG_FORMAT="json",
+        OPENAI_BASE_URL=settings.openai_base_url or "",
+        OPENAI_API_KEY="test-key",
+    )
+    return env
+
+
+class WorkerProcess:
+    """worker.py as a real process, in its own process group so a kill takes all of it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._log.close()
+        return self.process.returncode
+
+
+SpawnWorker = Callable[[], WorkerProcess]
+
+
+@pytest.fixture
+def spawn_worker(
+    settings: Settings, temporal_address: str, tmp_path: Path
+) -> Iterator[SpawnWorker]:
+    started: list[WorkerProcess] = []
+
+    def spawn() -> WorkerProcess:
+        proc = WorkerProcess(
+            worker_environment(settings, temporal_address), tmp_path / f"worker-{len(started)}.log"
+        )
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.process.poll() is None:
+            proc.stop()

@@ -45,7 +45,8 @@ async def test_batch_completes_within_the_concurrency_limit(
         assert record.status is TaskStatus.COMPLETED
         assert [record.result] == scripted.completions[f"{batch_id}/{record.task_id}"]
         assert record.usage.total_tokens > 0
-        assert record.started_at is not None and record.completed_at is not None
+        assert record.started_at is not None
+        assert record.completed_at is not None
     status = await batch_status(client, batch_id)
     assert status.state is BatchState.COMPLETED
     assert status.usage.total_tokens == sum(r.usage.total_tokens for r in records)

@@ -9,6 +9,7 @@ the newest run, across continue-as-new; cancelling the batch cancels them explic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -130,10 +131,8 @@ class BatchWorkflow:
     async def _sleep_until_woken(self) -> None:
         due = self._table.next_due()
         timeout = None if due is None else max((due - workflow.now()).total_seconds(), 0.001)
-        try:
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._wake, timeout=timeout)
-        except TimeoutError:
-            pass
 
     # --- signals (the public API: see DESIGN.md section 4) ----------------------------------------
 
@@ -266,7 +265,9 @@ class BatchWorkflow:
             if entry is None:
                 raise ValueError(f"batch has no task {task_id!r}")
             if entry.status is not TaskStatus.FAILED:
-                raise ValueError(f"task {task_id!r} is {entry.status.value}; only failed tasks retry")
+                raise ValueError(
+                    f"task {task_id!r} is {entry.status.value}; only failed tasks retry"
+                )
             targets.append(entry)
         return targets
 

@@ -12,7 +12,12 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from taskpool import agents, names
@@ -143,13 +148,16 @@ class TaskWorkflow:
             timeout_seconds=settings.llm_timeout_seconds,
         )
         try:
-            reply = await workflow.execute_activity(
+            reply: ChatTurnResult = await workflow.execute_activity(
                 names.CHAT_TURN,
                 request,
                 result_type=ChatTurnResult,
                 **llm_activity_options(settings),
             )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                # The turn was cancelled because this workflow is: handled as a cancellation.
+                raise asyncio.CancelledError from err
             cause = err.cause
             detail = str(cause) if cause is not None else str(err)
             code = cause.type if isinstance(cause, ApplicationError) and cause.type else "llm_error"
@@ -194,7 +202,9 @@ class TaskWorkflow:
         if call.name == agents.FAIL_TASK:
             reason = args.get("reason")
             self._start_if_needed()
-            self._fail("agent_failed", reason if isinstance(reason, str) and reason else "no reason")
+            self._fail(
+                "agent_failed", reason if isinstance(reason, str) and reason else "no reason"
+            )
             raise _Finished
         known = ", ".join(tool.name for tool in agents.LIFECYCLE_TOOLS)
         return f"error: there is no tool named {call.name!r}; the tools are {known}"
@@ -219,7 +229,9 @@ class TaskWorkflow:
 
     def _fail(self, code: str, message: str) -> None:
         self._start_if_needed()
-        self._finish(TaskStatus.FAILED, error=TaskError(code=code, message=message), message=message)
+        self._finish(
+            TaskStatus.FAILED, error=TaskError(code=code, message=message), message=message
+        )
 
     def _finish(self, status: TaskStatus, *, error: TaskError | None, message: str) -> None:
         if self._status.is_terminal:

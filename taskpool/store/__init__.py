@@ -42,7 +42,7 @@ def open_store(url: str) -> TaskStore:
     that backend is installed."""
     from taskpool.store.sqlite import SqliteTaskStore
 
-    if url.startswith("postgres://") or url.startswith("postgresql://"):
+    if url.startswith(("postgres://", "postgresql://")):
         from taskpool.store.postgres import PostgresTaskStore
 
         return PostgresTaskStore(url)

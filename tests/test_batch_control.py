@@ -1,0 +1,208 @@
+"""Pause, resume, cancel and continue-as-new on a running batch, through a real dev server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+from temporalio.worker import Worker
+
+from taskpool import names
+from taskpool.batches import batch_status, cancel_batch, pause_batch, resume_batch, start_batch
+from taskpool.models import (
+    BatchOptions,
+    BatchState,
+    EventType,
+    TaskPage,
+    TaskSpec,
+    TasksQuery,
+    TaskStatus,
+)
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+from tests.conftest import eventually
+from tests.test_batch_e2e import documents
+
+
+async def wait_for_completed(client: Client, batch_id: str, at_least: int) -> None:
+    async def check() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.counts["completed"] >= at_least
+
+    await eventually(check)
+
+
+async def test_pause_stops_new_model_calls_until_resume(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.3
+    handle = await start_batch(
+        client,
+        batch_id,
+        documents(15),
+        task_queue=settings.task_queue,
+        options=BatchOptions(concurrency=3),
+    )
+    await wait_for_completed(client, batch_id, 3)
+    await pause_batch(client, batch_id, reason="quota check")
+
+    async def drained() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.state is BatchState.PAUSED
+        assert status.pause_reason == "quota check"
+        # A child started just before the pause may hold its slot, paused before its first turn.
+        assert scripted.in_flight == 0
+
+    await eventually(drained)
+    requests_when_paused = scripted.total_requests
+    # Absence of calls can only be observed over a window: nothing may start within it.
+    await asyncio.sleep(1.5)
+    status = await batch_status(client, batch_id)
+    assert scripted.total_requests == requests_when_paused
+    assert status.counts["queued"] > 0
+    assert status.counts["completed"] == requests_when_paused
+
+    await resume_batch(client, batch_id)
+    result = await handle.result()
+    assert result.state is BatchState.COMPLETED
+    assert result.counts["completed"] == 15
+    assert scripted.total_requests == 15
+
+
+async def test_pause_holds_a_multi_turn_task_between_turns(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    from taskpool.scripted_server import Reply, ToolCallSpec
+
+    scripted.latency = 0.5
+    # The first turn only starts the task; the second would complete it.
+    scripted.script("slow", Reply(tool_calls=[ToolCallSpec("start_task", {})]))
+    handle = await start_batch(
+        client, batch_id, [TaskSpec(id="slow", input="text")], task_queue=settings.task_queue
+    )
+
+    async def first_turn_running() -> None:
+        assert scripted.in_flight == 1
+
+    await eventually(first_turn_running)
+    await pause_batch(client, batch_id)
+    await asyncio.sleep(1.5)
+    assert scripted.total_requests == 1
+    await resume_batch(client, batch_id)
+    result = await handle.result()
+    assert result.counts["completed"] == 1
+    assert scripted.total_requests == 2
+
+
+async def test_cancel_stops_running_children_and_cancels_queued_tasks(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.latency = 30  # every call hangs until cancelled
+    handle = await start_batch(
+        client,
+        batch_id,
+        documents(8),
+        task_queue=settings.task_queue,
+        options=BatchOptions(concurrency=3),
+    )
+
+    async def three_calls_running() -> None:
+        assert scripted.in_flight == 3
+
+    await eventually(three_calls_running)
+    await cancel_batch(client, batch_id, reason="wrong prompt")
+    result = await handle.result()
+
+    assert result.state is BatchState.CANCELLED
+    assert result.counts["cancelled"] == 8
+    page = await handle.query(names.TASKS, TasksQuery(), result_type=TaskPage)
+    reasons = Counter(view.status_reason for view in page.items)
+    assert reasons == {"wrong prompt": 8}
+    for view in page.items:
+        if view.attempts:
+            child = client.get_workflow_handle(f"{batch_id}/{view.id}")
+            assert (await child.describe()).status is WorkflowExecutionStatus.CANCELED
+    assert sum(1 for view in page.items if view.attempts) == 3
+    records = await store.list_tasks(batch_id, with_events=True)
+    assert {r.status for r in records} == {TaskStatus.CANCELLED}
+    assert all(r.events[-1].type is EventType.CANCELLED for r in records)
+    assert scripted.total_requests == 3
+
+
+async def test_request_cancellation_from_temporal_behaves_like_cancel(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    scripted.latency = 30
+    handle = await start_batch(
+        client,
+        batch_id,
+        documents(4),
+        task_queue=settings.task_queue,
+        options=BatchOptions(concurrency=2),
+    )
+
+    async def two_calls_running() -> None:
+        assert scripted.in_flight == 2
+
+    await eventually(two_calls_running)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    status = await batch_status(client, batch_id)
+    assert status.state is BatchState.CANCELLED
+    assert status.counts["cancelled"] == 4
+    assert status.in_flight == 0
+
+
+async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.1
+    specs = documents(25)
+    handle = await start_batch(
+        client,
+        batch_id,
+        specs,
+        task_queue=settings.task_queue,
+        options=BatchOptions(concurrency=4, continue_as_new_after=5),
+    )
+    result = await handle.result()
+    assert result.counts["completed"] == 25
+    status = await batch_status(client, batch_id)
+    assert status.run_number >= 4
+    assert Counter(r.task_key for r in scripted.requests) == {
+        f"{batch_id}/{spec.id}": 1 for spec in specs
+    }
+    records = await store.list_tasks(batch_id, with_events=True)
+    assert len(records) == 25
+    for record in records:
+        assert record.status is TaskStatus.COMPLETED
+        assert [e.type for e in record.events].count(EventType.COMPLETED) == 1

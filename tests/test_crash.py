@@ -1,0 +1,121 @@
+"""A worker killed with SIGKILL mid-batch: a new worker finishes the batch with nothing lost, no
+task completed twice, and no model call repeated whose result had been recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.client import Client
+
+from taskpool import names
+from taskpool.batches import batch_status, pause_batch, resume_batch, start_batch
+from taskpool.models import AgentSettings, BatchOptions, BatchState, EventType, TaskStatus
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+from tests.conftest import SpawnWorker, eventually
+from tests.test_batch_e2e import documents
+
+# Short heartbeats, so the turns the dead worker held are retried within seconds.
+FAST_RECOVERY = BatchOptions(concurrency=4, agent=AgentSettings(llm_heartbeat_seconds=2))
+
+
+async def chat_turn_attempts(client: Client, workflow_id: str) -> list[int]:
+    """The attempt number of each chat_turn activity the task's history recorded as started."""
+    attempts = []
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        if event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attempts.append(event.activity_task_started_event_attributes.attempt)
+    return attempts
+
+
+async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    spawn_worker: SpawnWorker,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.5
+    specs = documents(20)
+    first = spawn_worker()
+    handle = await start_batch(
+        client, batch_id, specs, task_queue=settings.task_queue, options=FAST_RECOVERY
+    )
+
+    async def some_done_and_calls_in_flight() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.counts["completed"] >= 5
+        assert scripted.in_flight >= 1
+
+    await eventually(some_done_and_calls_in_flight)
+    first.kill()
+    spawn_worker()
+    result = await asyncio.wait_for(handle.result(), timeout=120)
+
+    assert result.counts["completed"] == 20
+    records = await store.list_tasks(batch_id, with_events=True)
+    assert len(records) == 20
+    requests_per_task = Counter(r.task_key for r in scripted.requests)
+    for record in records:
+        key = f"{batch_id}/{record.task_id}"
+        assert record.status is TaskStatus.COMPLETED
+        assert [e.type for e in record.events].count(EventType.COMPLETED) == 1
+        # The stored result is the one the model sent last for this task.
+        assert record.result == scripted.completions[key][-1]
+        # One recorded turn per task, and every repeated call belongs to a retry of an attempt
+        # whose result history never recorded (an attempt may die before it calls the model).
+        child_id = names.task_workflow_id(batch_id, record.task_id, 1)
+        attempts = await chat_turn_attempts(client, child_id)
+        assert len(attempts) == 1
+        assert 1 <= requests_per_task[key] <= attempts[0]
+    retried = [
+        a
+        for r in records
+        for a in await chat_turn_attempts(client, names.task_workflow_id(batch_id, r.task_id, 1))
+        if a > 1
+    ]
+    assert retried, "the kill should have interrupted some calls"
+
+
+async def test_pause_survives_a_worker_crash(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    spawn_worker: SpawnWorker,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.3
+    first = spawn_worker()
+    handle = await start_batch(
+        client, batch_id, documents(12), task_queue=settings.task_queue, options=FAST_RECOVERY
+    )
+    await eventually(lambda: _completed_at_least(client, batch_id, 2))
+    await pause_batch(client, batch_id, reason="before crash")
+
+    async def paused_and_idle() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.state is BatchState.PAUSED
+        assert scripted.in_flight == 0
+
+    await eventually(paused_and_idle)
+    first.kill()
+    spawn_worker()
+    before = scripted.total_requests
+    await asyncio.sleep(3)  # observation window: the new worker must not start any call
+    status = await batch_status(client, batch_id)
+    assert status.state is BatchState.PAUSED
+    assert status.pause_reason == "before crash"
+    assert scripted.total_requests == before
+
+    await resume_batch(client, batch_id)
+    result = await asyncio.wait_for(handle.result(), timeout=120)
+    assert result.counts["completed"] == 12
+
+
+async def _completed_at_least(client: Client, batch_id: str, n: int) -> None:
+    status = await batch_status(client, batch_id)
+    assert status.counts["completed"] >= n

@@ -1,0 +1,108 @@
+"""The batch's handlers are usable from the `temporal` CLI with plain JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from taskpool.batches import batch_status, start_batch
+from taskpool.models import BatchOptions, BatchState
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from tests.conftest import eventually, temporal_cli
+from tests.test_batch_e2e import documents
+
+
+async def temporal(address: str, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        temporal_cli(),
+        *args,
+        "--address",
+        address,
+        "--namespace",
+        "default",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_cli_queries_status_and_pauses_and_resumes(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    temporal_address: str,
+    batch_id: str,
+) -> None:
+    scripted.latency = 0.3
+    handle = await start_batch(
+        client,
+        batch_id,
+        documents(12),
+        task_queue=settings.task_queue,
+        options=BatchOptions(concurrency=2),
+    )
+    out = await temporal(
+        temporal_address,
+        "workflow",
+        "query",
+        "--workflow-id",
+        batch_id,
+        "--type",
+        "status",
+        "--output",
+        "json",
+    )
+    status = json.loads(out)["queryResult"][0]
+    assert status["batch_id"] == batch_id
+    assert status["total"] == 12
+    assert status["concurrency"] == 2
+    assert set(status["counts"]) >= {"queued", "completed", "failed", "cancelled"}
+
+    await temporal(
+        temporal_address,
+        "workflow",
+        "signal",
+        "--workflow-id",
+        batch_id,
+        "--name",
+        "pause",
+        "--input",
+        json.dumps({"reason": "from the CLI"}),
+    )
+
+    async def paused() -> None:
+        current = await batch_status(client, batch_id)
+        assert current.state is BatchState.PAUSED
+        assert current.pause_reason == "from the CLI"
+
+    await eventually(paused)
+    out = await temporal(
+        temporal_address,
+        "workflow",
+        "query",
+        "--workflow-id",
+        batch_id,
+        "--type",
+        "tasks",
+        "--input",
+        json.dumps({"status": "queued", "limit": 3}),
+        "--output",
+        "json",
+    )
+    page = json.loads(out)["queryResult"][0]
+    assert len(page["items"]) <= 3
+    assert all(item["status"] == "queued" for item in page["items"])
+
+    # resume takes no argument at all
+    await temporal(
+        temporal_address, "workflow", "signal", "--workflow-id", batch_id, "--name", "resume"
+    )
+    result = await handle.result()
+    assert result.counts["completed"] == 12
