@@ -1,0 +1,137 @@
+"""The task agent loop end to end: tools applied in order, nudges, failures, provider retries, and
+the lifecycle events each task leaves in the store."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from taskpool.batches import start_batch
+from taskpool.models import BatchState, EventType, TaskSpec, TaskStatus
+from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+
+
+async def run_batch(
+    client: Client, settings: Settings, batch_id: str, *task_ids: str
+) -> tuple[BatchState, dict[str, int]]:
+    specs = [TaskSpec(id=t, input=f"Some text for {t} to summarise.") for t in task_ids]
+    handle = await start_batch(client, batch_id, specs, task_queue=settings.task_queue)
+    result = await handle.result()
+    return result.state, result.counts
+
+
+async def test_every_task_leaves_its_lifecycle_in_the_store(
+    client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
+) -> None:
+    await run_batch(client, settings, batch_id, "doc")
+    record = await store.get_task(batch_id, "doc", with_events=True)
+    assert record is not None
+    assert [e.type for e in record.events] == [
+        EventType.CREATED,
+        EventType.QUEUED,
+        EventType.ASSIGNED,
+        EventType.STARTED,
+        EventType.PROGRESS,
+        EventType.COMPLETED,
+    ]
+    times = [e.at for e in record.events]
+    assert times == sorted(times)
+    assert record.progress.percent == 100
+    assert record.duration_seconds is not None
+
+
+async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script("quiet", Reply(content="Here is a summary."), Reply(content="Done."))
+    scripted.script("late", Reply(content="Thinking..."))
+    state, counts = await run_batch(client, settings, batch_id, "quiet", "late")
+
+    assert state is BatchState.FAILED
+    assert counts["failed"] == 1
+    assert counts["completed"] == 1
+    quiet = await store.get_task(batch_id, "quiet")
+    assert quiet is not None
+    assert quiet.status is TaskStatus.FAILED
+    assert quiet.error is not None
+    assert quiet.error.code == "no_result"
+    assert "even after being reminded" in quiet.error.message
+    nudge = scripted.records_for(f"{batch_id}/quiet")[1].body["messages"][-1]
+    assert nudge["role"] == "user"
+    assert "complete_task" in nudge["content"]
+    # The reminded model completed on its second turn.
+    assert len(scripted.records_for(f"{batch_id}/late")) == 2
+
+
+async def test_fail_task_and_bad_tool_calls(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script("hopeless", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "empty"})]))
+    scripted.script(
+        "confused",
+        Reply(tool_calls=[ToolCallSpec("delete_everything", {}), ToolCallSpec("start_task", {})]),
+    )
+    state, counts = await run_batch(client, settings, batch_id, "hopeless", "confused")
+
+    assert counts == {**counts, "failed": 1, "completed": 1}
+    hopeless = await store.get_task(batch_id, "hopeless")
+    assert hopeless is not None
+    assert hopeless.error is not None
+    assert hopeless.error.code == "agent_failed"
+    assert hopeless.error.message == "empty"
+    second_turn = scripted.records_for(f"{batch_id}/confused")[1].body["messages"]
+    tool_replies = [m["content"] for m in second_turn if m["role"] == "tool"]
+    assert "no tool named 'delete_everything'" in tool_replies[0]
+    assert tool_replies[1] == "task started"
+
+
+async def test_rate_limits_and_server_errors_are_retried_by_temporal(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script("busy", Fault.rate_limit(retry_after=2), Fault.server_error(500))
+    state, _ = await run_batch(client, settings, batch_id, "busy")
+
+    assert state is BatchState.COMPLETED
+    calls = scripted.records_for(f"{batch_id}/busy")
+    assert [c.status for c in calls] == [429, 500, 200]
+    assert calls[1].received_at - calls[0].received_at >= 2.0
+    record = await store.get_task(batch_id, "busy")
+    assert record is not None
+    assert record.llm_calls == 1
+
+
+async def test_a_permanent_provider_error_fails_the_task_with_the_reason(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script("too-long", Fault.status(400, error_code="context_length_exceeded"))
+    state, counts = await run_batch(client, settings, batch_id, "too-long")
+
+    assert state is BatchState.FAILED
+    assert len(scripted.records_for(f"{batch_id}/too-long")) == 1
+    record = await store.get_task(batch_id, "too-long")
+    assert record is not None
+    assert record.error is not None
+    assert record.error.code == "context_length_exceeded"
+    assert "HTTP 400" in record.error.message

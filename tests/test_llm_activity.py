@@ -1,0 +1,134 @@
+"""The LLM activity against a real HTTP server through the real openai client: what Temporal is
+told to do about each kind of provider trouble."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import openai
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.llm import LlmActivities, retry_after
+from taskpool import agents
+from taskpool.models import ChatTurnRequest, TaskSpec
+from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
+
+
+@pytest.fixture
+async def llm(scripted: ScriptedModelServer) -> AsyncIterator[LlmActivities]:
+    client = openai.AsyncOpenAI(base_url=scripted.base_url, api_key="test", max_retries=0)
+    try:
+        yield LlmActivities(client, default_model="scripted-model")
+    finally:
+        await client.close()
+
+
+def turn(task_id: str = "doc-1", timeout: float = 5.0) -> ChatTurnRequest:
+    spec = TaskSpec(id=task_id, input="A short text to summarise.")
+    return ChatTurnRequest(
+        task_key=f"batch/{task_id}",
+        turn=1,
+        messages=agents.first_messages(spec),
+        tools=list(agents.LIFECYCLE_TOOLS),
+        timeout_seconds=timeout,
+    )
+
+
+async def test_a_reply_with_several_tool_calls_comes_back_in_order(
+    llm: LlmActivities, scripted: ScriptedModelServer
+) -> None:
+    result = await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert [c.name for c in result.tool_calls] == ["start_task", "report_progress", "complete_task"]
+    assert result.tool_calls[1].arguments == {"percent": 50, "step": "summarising"}
+    assert result.usage.prompt_tokens > 0
+    assert result.usage.completion_tokens > 0
+    assert result.model == "scripted-model"
+    record = scripted.requests[0]
+    assert record.task_key == "batch/doc-1"
+    assert record.turn == 1
+    assert record.body["model"] == "scripted-model"
+
+
+async def test_rate_limit_is_retryable_after_the_servers_delay(
+    llm: LlmActivities, scripted: ScriptedModelServer
+) -> None:
+    scripted.script("doc-1", Fault.rate_limit(retry_after=7))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert not raised.value.non_retryable
+    assert raised.value.next_retry_delay == timedelta(seconds=7)
+    assert raised.value.type == "http_429"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 409])
+async def test_server_trouble_is_retryable(
+    llm: LlmActivities, scripted: ScriptedModelServer, status: int
+) -> None:
+    scripted.script("doc-1", Fault.server_error(status=status))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert not raised.value.non_retryable
+    assert f"HTTP {status}" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, None), (401, None), (404, None), (400, "context_length_exceeded")],
+)
+async def test_client_errors_are_not_retried(
+    llm: LlmActivities, scripted: ScriptedModelServer, status: int, code: str | None
+) -> None:
+    scripted.script("doc-1", Fault.status(status, error_code=code, message="nope"))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert raised.value.non_retryable
+    assert "nope" in str(raised.value)
+
+
+async def test_a_hung_model_times_out_retryably(
+    llm: LlmActivities, scripted: ScriptedModelServer
+) -> None:
+    scripted.script("doc-1", Fault.hang(10))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn(timeout=0.5))
+    assert not raised.value.non_retryable
+    assert raised.value.type in {"timeout", "connection"}
+
+
+async def test_an_unreadable_reply_is_retryable(
+    llm: LlmActivities, scripted: ScriptedModelServer
+) -> None:
+    scripted.script("doc-1", Fault.malformed())
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert not raised.value.non_retryable
+    assert raised.value.type == "bad_reply"
+
+
+async def test_content_filter_is_final(llm: LlmActivities, scripted: ScriptedModelServer) -> None:
+    scripted.script("doc-1", Reply(content="", finish_reason="content_filter"))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert raised.value.non_retryable
+
+
+async def test_arguments_that_are_not_json_are_reported_not_raised(
+    llm: LlmActivities, scripted: ScriptedModelServer
+) -> None:
+    scripted.script(
+        "doc-1", Reply(tool_calls=[ToolCallSpec("complete_task", raw_arguments="{oops")])
+    )
+    result = await ActivityEnvironment().run(llm.chat_turn, turn())
+    assert result.tool_calls[0].arguments_error is not None
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after({"retry-after-ms": "1500"}) == timedelta(milliseconds=1500)
+    assert retry_after({"retry-after": "3"}) == timedelta(seconds=3)
+    assert retry_after({}) is None
+    assert retry_after({"retry-after": "soon"}) is None
+    date = retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert date == timedelta(0)
