@@ -67,6 +67,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 0  # 0: the child takes a free port and reports it
     threads: int = 2
+    # How hard llama.cpp's threads spin waiting for work (0-100).
+    poll: int = 50
     # One KV pool shared by all slots (unified), so one long request may use most of it.
     ctx_size: int = 2048
     parallel: int = 2
@@ -79,6 +81,7 @@ class ServerSettings:
             f"--host={self.host}",
             f"--port={self.port}",
             f"--threads={self.threads}",
+            f"--poll={self.poll}",
             f"--ctx-size={self.ctx_size}",
             f"--parallel={self.parallel}",
             f"--model-name={self.model_name}",
@@ -270,6 +273,8 @@ def serve(settings: ServerSettings) -> int:
     params.kv_unified = True
     params.cpuparams.n_threads = settings.threads
     params.cpuparams_batch.n_threads = settings.threads
+    params.cpuparams.poll = settings.poll
+    params.cpuparams_batch.poll = settings.poll
     params.ui = False
     try:
         server = xllamacpp.Server(params)
@@ -297,6 +302,7 @@ def _parse_args(argv: list[str]) -> ServerSettings:
     run.add_argument("--host", default=defaults.host)
     run.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     run.add_argument("--threads", type=int, default=defaults.threads)
+    run.add_argument("--poll", type=int, default=defaults.poll)
     run.add_argument("--ctx-size", type=int, default=defaults.ctx_size)
     run.add_argument("--parallel", type=int, default=defaults.parallel, help="request slots")
     run.add_argument("--model-path", type=Path, default=None, help="a GGUF file")
@@ -306,6 +312,7 @@ def _parse_args(argv: list[str]) -> ServerSettings:
         host=args.host,
         port=args.port,
         threads=args.threads,
+        poll=args.poll,
         ctx_size=args.ctx_size,
         parallel=args.parallel,
         model_path=args.model_path,

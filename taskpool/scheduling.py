@@ -11,7 +11,7 @@ Pure and deterministic (the batch workflow owns one), so the rules are unit-test
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
@@ -28,6 +28,7 @@ from taskpool.models import (
 
 S = TaskStatus
 IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
+RECENT_FAILURES = 5
 
 
 class TaskTable:
@@ -41,6 +42,8 @@ class TaskTable:
         self.counts: Counter[TaskStatus] = Counter()
         self.usage = TokenUsage()
         self.llm_calls = 0
+        # The latest failures, newest last, so a status needs no scan of the whole table.
+        self.recent_failures: deque[str] = deque(maxlen=RECENT_FAILURES)
         for entry in entries:
             self._index(entry)
 
@@ -166,6 +169,8 @@ class TaskTable:
         entry.completed_at = outcome.completed_at
         self.usage = self.usage + outcome.usage
         self.llm_calls += outcome.llm_calls
+        if outcome.status is S.FAILED:
+            self.recent_failures.append(entry.spec.id)
         return self._after_finish(entry, now)
 
     def cancel(self, entry: TaskEntry, reason: str, now: datetime) -> list[TaskEntry]:
@@ -196,6 +201,11 @@ class TaskTable:
         return cancelled
 
     # --- views ------------------------------------------------------------------------------------
+
+    def recent_failure_views(self) -> list[TaskView]:
+        """The latest failures that are still failed (a retry takes a task off), newest first."""
+        entries = (self._by_id[task_id] for task_id in reversed(self.recent_failures))
+        return [self.view(e) for e in entries if e.status is S.FAILED]
 
     def view(self, entry: TaskEntry) -> TaskView:
         spec = entry.spec
@@ -228,6 +238,8 @@ class TaskTable:
         for dependency in entry.spec.depends_on:
             self._dependents.setdefault(dependency, []).append(task_id)
         self.counts[entry.status] += 1
+        if entry.status is S.FAILED:
+            self.recent_failures.append(task_id)
         self.usage = self.usage + entry.usage
         self.llm_calls += entry.llm_calls
         self._track(entry)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import start_batch
+from taskpool.batches import batch_status, start_batch
 from taskpool.models import BatchState, EventType, TaskSpec, TaskStatus
 from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
@@ -68,6 +68,8 @@ async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(
     assert "complete_task" in nudge["content"]
     # The reminded model completed on its second turn.
     assert len(scripted.records_for(f"{batch_id}/late")) == 2
+    status = await batch_status(client, batch_id)
+    assert [view.id for view in status.recent_errors] == ["quiet"]
 
 
 async def test_fail_task_and_bad_tool_calls(

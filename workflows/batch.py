@@ -168,17 +168,6 @@ class BatchWorkflow:
 
     @workflow.query(name=names.STATUS)
     def status(self) -> BatchStatus:
-        status = self._summary()
-        recent_failures = sorted(
-            (e for e in self._table.with_status(TaskStatus.FAILED) if e.completed_at is not None),
-            key=lambda e: e.completed_at or workflow.now(),
-            reverse=True,
-        )[:5]
-        status.recent_errors = [self._table.view(e) for e in recent_failures]
-        return status
-
-    def _summary(self) -> BatchStatus:
-        """The status without the parts that cost a scan of the whole table."""
         table = self._table
         total = len(table)
         return BatchStatus(
@@ -196,6 +185,7 @@ class BatchWorkflow:
             llm_calls=table.llm_calls,
             started_at=self._run.started_at,
             run_number=self._run.run_number,
+            recent_errors=table.recent_failure_views(),
         )
 
     @workflow.query(name=names.TASKS)
@@ -512,7 +502,7 @@ class BatchWorkflow:
         return BatchState.FAILED if counts[TaskStatus.FAILED] else BatchState.COMPLETED
 
     def _refresh_visibility(self) -> None:
-        status = self._summary()
+        status = self.status()
         workflow.set_current_details(batch_details(status, workflow.now()))
         visible = (status.state.value, int(status.progress_percent))
         if visible != self._search_attributes:
