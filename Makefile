@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest clean
+.PHONY: setup system-deps demo test lint typecheck pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+system-deps:
+	bash scripts/system-deps.sh
 
 demo: setup
 	$(BIN)/python starter.py demo
@@ -24,7 +27,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy .
 
-pytest: setup
+pytest: setup system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -1,0 +1,28 @@
+# The taskpool worker (and starter.py, for one-off commands in the same image).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# README.md is left out on purpose: only the package metadata would use it.
+COPY taskpool/ taskpool/
+COPY workflows/ workflows/
+COPY activities/ activities/
+COPY worker.py starter.py ./
+RUN pip install --no-deps . \
+    && useradd --create-home --uid 10001 taskpool
+
+USER taskpool
+
+CMD ["python", "worker.py"]
