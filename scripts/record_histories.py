@@ -1,0 +1,99 @@
+"""Record real workflow histories for the replay test (tests/test_replay.py).
+
+Run it after a deliberate change to workflow behaviour, and commit the new files: from then on CI
+fails any change that would break batches already running with this code.
+
+    .venv/bin/python scripts/record_histories.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from taskpool.batches import pause_batch, resume_batch, start_batch  # noqa: E402
+from taskpool.devserver import find_temporal_cli  # noqa: E402
+from taskpool.models import BatchOptions, TaskSpec  # noqa: E402
+from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
+from taskpool.settings import Settings  # noqa: E402
+from taskpool.store import open_store  # noqa: E402
+from taskpool.temporal import ensure_search_attributes  # noqa: E402
+from worker import build_openai_client, build_worker  # noqa: E402
+
+OUT = ROOT / "tests" / "histories"
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(find_temporal_cli()),
+        data_converter=pydantic_data_converter,
+    )
+    async with env, ScriptedModelServer(latency=0.2) as model:
+        client = env.client
+        await ensure_search_attributes(client)
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(
+                openai_base_url=model.base_url,
+                model="scripted-model",
+                task_queue=f"record-{uuid.uuid4().hex[:8]}",
+                store_url=str(Path(tmp) / "tasks.db"),
+            )
+            store = open_store(settings.store_url)
+            llm = build_openai_client(settings)
+            async with build_worker(client, settings, llm_client=llm, store=store):
+                model.script("flaky", Fault.rate_limit(retry_after=0.5))
+                model.script("quiet", Reply(content="no tools"), Reply(content="still none"))
+                model.script(
+                    "steps",
+                    Reply(tool_calls=[ToolCallSpec("start_task", {})]),
+                    Reply(tool_calls=[ToolCallSpec("report_progress", {"percent": 40})]),
+                )
+                specs = [
+                    TaskSpec(id="plain", input="A plain text."),
+                    TaskSpec(id="flaky", input="Rate limited once."),
+                    TaskSpec(id="quiet", input="The model never finishes."),
+                    TaskSpec(id="steps", input="Several turns.", priority="high"),
+                    TaskSpec(id="after", input="Runs after plain.", depends_on=["plain"]),
+                    *(TaskSpec(id=f"doc-{i}", input=f"Document {i}.") for i in range(5)),
+                ]
+                batch_id = "recorded-batch"
+                handle = await start_batch(
+                    client,
+                    batch_id,
+                    specs,
+                    task_queue=settings.task_queue,
+                    options=BatchOptions(concurrency=3, continue_as_new_after=4),
+                )
+                await pause_batch(client, batch_id, reason="recording")
+                await asyncio.sleep(0.5)
+                await resume_batch(client, batch_id)
+                await handle.result()
+                OUT.mkdir(parents=True, exist_ok=True)
+                for old in OUT.glob("*.json"):
+                    old.unlink()
+                workflows = client.list_workflows(f"WorkflowId STARTS_WITH '{batch_id}'")
+                count = 0
+                async for execution in workflows:
+                    history = await client.get_workflow_handle(
+                        execution.id, run_id=execution.run_id
+                    ).fetch_history()
+                    name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
+                    (OUT / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
+                    count += 1
+            await llm.close()
+            await store.close()
+    print(f"recorded {count} histories in {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
