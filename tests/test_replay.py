@@ -14,6 +14,7 @@ from workflows.batch import BatchWorkflow
 from workflows.task import TaskWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORY_TEXT = {path: path.read_text() for path in HISTORIES}
 
 
 def test_histories_cover_the_batch_and_its_tasks() -> None:
@@ -25,7 +26,7 @@ def test_histories_cover_the_batch_and_its_tasks() -> None:
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays(path: Path) -> None:
     workflow_id = path.stem.rsplit("-", 1)[0].replace("__", "/")
-    history = WorkflowHistory.from_json(workflow_id, path.read_text())
+    history = WorkflowHistory.from_json(workflow_id, HISTORY_TEXT[path])
     replayer = Replayer(
         workflows=[BatchWorkflow, TaskWorkflow], data_converter=pydantic_data_converter
     )
