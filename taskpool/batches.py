@@ -31,7 +31,6 @@ from taskpool.models import (
 )
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
-TASK_PROGRESS = "progress"
 
 
 async def start_batch(
@@ -147,7 +146,7 @@ async def task_progress(
     """The progress a running task's agent last reported, asked of its own workflow."""
     handle = client.get_workflow_handle(names.task_workflow_id(batch_id, task_id, attempt))
     answer: TaskProgress = await handle.query(
-        TASK_PROGRESS, result_type=TaskProgress, rpc_timeout=rpc_timeout
+        names.TASK_PROGRESS, result_type=TaskProgress, rpc_timeout=rpc_timeout
     )
     return answer
 

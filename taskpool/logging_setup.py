@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -12,8 +13,12 @@ import structlog
 Format = Literal["auto", "json", "console"]
 
 
-def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+def configure_logging(
+    level: str = "info", fmt: Format = "auto", *, log_file: Path | None = None
+) -> None:
+    """Route structlog and standard-library records through one pipeline to stderr, or to
+    `log_file` (JSON) when a command's own output owns the terminal."""
+    use_console = log_file is None and (fmt == "console" or (fmt == "auto" and sys.stderr.isatty()))
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -30,7 +35,11 @@ def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(log_file, encoding="utf-8")
+        if log_file is not None
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

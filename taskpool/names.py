@@ -27,6 +27,7 @@ TASK_FINISHED = "task_finished"
 # Task child signal and query.
 CONTROL = "control"
 TASK_STATE = "state"
+TASK_PROGRESS = "progress"
 
 # Activities.
 CHAT_TURN = "chat_turn"

@@ -62,7 +62,10 @@ class TaskWorkflow:
         self._started_at = workflow.now()
         self._completed_at: Any = None
         self._event_seq = 0
-        self._pending = TaskRecordUpdate(batch_id=request.batch_id, task_id=request.spec.id)
+        # A task's clock starts when its run starts, so its duration includes the model's time.
+        self._pending = TaskRecordUpdate(
+            batch_id=request.batch_id, task_id=request.spec.id, started_at=self._started_at
+        )
 
     @workflow.run
     async def run(self, request: TaskRunInput) -> TaskOutcome:
@@ -93,7 +96,7 @@ class TaskWorkflow:
     def state(self) -> TaskOutcome:
         return self._outcome()
 
-    @workflow.query(name="progress")
+    @workflow.query(name=names.TASK_PROGRESS)
     def progress(self) -> TaskProgress:
         return self._progress
 
@@ -216,8 +219,6 @@ class TaskWorkflow:
 
     def _start(self) -> None:
         self._status = transition(self._spec.id, self._status, TaskStatus.IN_PROGRESS)
-        self._started_at = workflow.now()
-        self._pending.started_at = self._started_at
         self._note(EventType.STARTED, "started by the agent")
 
     def _report_progress(self, percent: float, step: str | None) -> None:

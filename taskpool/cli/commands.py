@@ -1,0 +1,489 @@
+"""What each starter.py command does. Each returns its exit code or raises CliError."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import sys
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console, RenderableType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    TerminatedError,
+    TimeoutError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.service import RPCError
+
+from taskpool import agents, batches
+from taskpool.cli import render
+from taskpool.cli.errors import (
+    FAILED,
+    OK,
+    QUERY_ERRORS,
+    UPDATE_ERRORS,
+    USAGE,
+    BatchInfo,
+    CliError,
+    connect_client,
+    find_batch,
+    finished_problem,
+    query_problem,
+    rpc_problem,
+    signal_problem,
+    update_problem,
+)
+from taskpool.cli.export import write_jsonl
+from taskpool.cli.watch import JsonLinesView, LiveView, PlainLinesView, SilentView, View, follow
+from taskpool.inputs import InputError, load_tasks
+from taskpool.models import (
+    AgentSettings,
+    BatchOptions,
+    BatchResult,
+    BatchState,
+    BatchStatus,
+    Priority,
+    TaskRecord,
+    TaskSpec,
+    TaskStatus,
+    TaskView,
+)
+from taskpool.settings import Settings, SettingsError
+from taskpool.store import open_store
+
+FAILURES_SHOWN = 10
+# Wide enough for a results table when the output is a file or a pipe, not a terminal.
+PIPE_WIDTH = 160
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Context:
+    """What a command works with: its output streams and, on demand, a client and settings."""
+
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    # The batch being followed, so an interrupted command can say it keeps running.
+    following: str | None = None
+    _client: Client | None = None
+
+    @property
+    def interactive(self) -> bool:
+        return self.stdout.isatty()
+
+    async def client(self) -> Client:
+        if self._client is None:
+            self._client = await connect_client()
+        return self._client
+
+    def settings(self) -> Settings:
+        try:
+            return Settings.from_env()
+        except SettingsError as err:
+            raise CliError(str(err), USAGE) from None
+
+    def say(self, *lines: str) -> None:
+        for line in lines:
+            self.stdout.write(line + "\n")
+        self.stdout.flush()
+
+    def show(self, renderable: RenderableType) -> None:
+        console = Console(
+            file=self.stdout, width=None if self.interactive else PIPE_WIDTH, highlight=False
+        )
+        console.print(renderable)
+
+    def json_line(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+
+Command = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+# --- start ----------------------------------------------------------------------------------------
+
+
+async def start(ctx: Context, args: argparse.Namespace) -> int:
+    source = Path(args.source)
+    specs = _load(source, default_kind=args.kind)
+    if args.priority is not None:
+        specs = with_default_priority(specs, args.priority)
+    batch_id = args.batch_id if args.batch_id is not None else default_batch_id(source)
+    _check_batch_id(batch_id)
+    options = BatchOptions(agent=AgentSettings(model=args.model))
+    if args.concurrency is not None:
+        options.concurrency = args.concurrency
+    task_queue = args.task_queue or ctx.settings().task_queue
+    client = await ctx.client()
+    try:
+        await batches.start_batch(
+            client,
+            batch_id,
+            specs,
+            task_queue=task_queue,
+            options=options,
+            # A reused id would share child workflow ids and store records with the old batch.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        raise CliError(
+            f"a batch named {batch_id} already exists; choose another --batch-id", USAGE
+        ) from None
+    except RPCError as err:
+        raise CliError(f"Temporal did not start batch {batch_id}: {err.message}") from None
+    if args.json:
+        started = {"batch_id": batch_id, "total": len(specs), "task_queue": task_queue}
+        ctx.json_line(json.dumps(started))
+    else:
+        ctx.say(f"started batch {batch_id}: {len(specs)} tasks on task queue {task_queue!r}")
+        if not args.wait:
+            ctx.say(*_next_steps(batch_id))
+    if not args.wait:
+        return OK
+    info = BatchInfo(batch_id, task_queue, WorkflowExecutionStatus.RUNNING)
+    # With --json the result line is all a script wants; progress would only be in its way.
+    view = SilentView() if args.json else _progress_view(ctx, json_lines=False)
+    return await _follow_and_report(ctx, client, info, view, args, result_json=args.json)
+
+
+def default_batch_id(source: Path) -> str:
+    """`<file or directory name>-<6 hex digits>`, readable in the UI and unlikely to collide."""
+    stem = _UNSAFE_ID_CHARS.sub("-", source.resolve().stem).strip("-.")[:60] or "batch"
+    return f"{stem}-{secrets.token_hex(3)}"
+
+
+def with_default_priority(specs: Sequence[TaskSpec], priority: Priority) -> list[TaskSpec]:
+    """Tasks whose file line set no priority get `priority`; the others keep their own."""
+    return [
+        spec
+        if "priority" in spec.model_fields_set
+        else spec.model_copy(update={"priority": priority})
+        for spec in specs
+    ]
+
+
+def _check_batch_id(batch_id: str) -> None:
+    if not batch_id or batch_id != batch_id.strip() or any(ch.isspace() for ch in batch_id):
+        raise CliError(f"bad batch id {batch_id!r}: it must be non-empty, without spaces", USAGE)
+    if len(batch_id) > 200:
+        raise CliError("bad batch id: at most 200 characters", USAGE)
+
+
+def _load(
+    source: Path, *, default_kind: str | None, existing: Sequence[str] = ()
+) -> list[TaskSpec]:
+    try:
+        return load_tasks(
+            source, default_kind=default_kind, known_kinds=agents.KINDS, existing_ids=existing
+        )
+    except InputError as err:
+        raise CliError(f"{err}\nnothing was started or changed", USAGE) from None
+
+
+def _next_steps(batch_id: str) -> list[str]:
+    return [
+        f"  follow it:  {render.command('watch', batch_id)}",
+        f"  status:     {render.command('status', batch_id)}",
+        f"  pause:      {render.command('pause', batch_id)}",
+        f"  results:    {render.command('results', batch_id)}",
+    ]
+
+
+# --- following ------------------------------------------------------------------------------------
+
+
+async def watch(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.client()
+    info = await find_batch(client, args.batch)
+    view = _progress_view(ctx, json_lines=args.json)
+    return await _follow_and_report(ctx, client, info, view, args, result_json=False)
+
+
+def _progress_view(ctx: Context, *, json_lines: bool) -> View:
+    if json_lines:
+        return JsonLinesView(ctx.stdout, ctx.stderr)
+    if ctx.interactive:
+        return LiveView(Console(file=ctx.stdout))
+    return PlainLinesView(ctx.stdout, ctx.stderr)
+
+
+async def _follow_and_report(
+    ctx: Context,
+    client: Client,
+    info: BatchInfo,
+    view: View,
+    args: argparse.Namespace,
+    *,
+    result_json: bool,
+) -> int:
+    ctx.following = info.batch_id
+    try:
+        result = await follow(
+            client, info, view, interval=args.interval, with_running=isinstance(view, LiveView)
+        )
+    except WorkflowFailureError as err:
+        raise CliError(f"batch {info.batch_id} {_ended_without_result(err)}") from None
+    except RPCError as err:
+        raise rpc_problem(err, info.batch_id, client) from None
+    if result_json:
+        ctx.json_line(result.model_dump_json())
+    elif not args.json:
+        failures = await _failed_tasks(client, info.batch_id, result)
+        ctx.say(*render.outcome_lines(result, failures))
+    return outcome_code(result)
+
+
+def outcome_code(result: BatchResult) -> int:
+    """0 only when every task completed."""
+    unfinished = result.total - result.counts.get(TaskStatus.COMPLETED.value, 0)
+    return OK if result.state is BatchState.COMPLETED and unfinished == 0 else FAILED
+
+
+def _ended_without_result(err: WorkflowFailureError) -> str:
+    cause = err.cause
+    if isinstance(cause, CancelledError):
+        return "was cancelled through Temporal (Request Cancellation)"
+    if isinstance(cause, TerminatedError):
+        return f"was terminated: {cause.message}" if cause.message else "was terminated"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+    return f"failed: {message}"
+
+
+async def _failed_tasks(client: Client, batch_id: str, result: BatchResult) -> list[TaskView]:
+    """A few failed tasks to name in the summary; the summary goes without them if the batch
+    cannot answer (no worker)."""
+    if not result.counts.get(TaskStatus.FAILED.value):
+        return []
+    try:
+        page = await batches.task_page(
+            client, batch_id, status=TaskStatus.FAILED, limit=FAILURES_SHOWN
+        )
+    except QUERY_ERRORS:
+        return []
+    return page.items
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+async def status(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.client()
+    info = await find_batch(client, args.batch)
+    answer = await _query_status(client, info)
+    if args.json:
+        ctx.json_line(answer.model_dump_json())
+    else:
+        ctx.say(*render.status_lines(answer, datetime.now(UTC)))
+    return OK
+
+
+async def _query_status(client: Client, info: BatchInfo) -> BatchStatus:
+    try:
+        return await batches.query_status(client, info.batch_id)
+    except QUERY_ERRORS as err:
+        raise query_problem(err, info, client) from None
+
+
+async def tasks(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.client()
+    info = await find_batch(client, args.batch)
+    views = await _all_tasks(client, info, args.status)
+    if args.json:
+        for view in views:
+            ctx.json_line(view.model_dump_json())
+    elif not views:
+        which = f"{args.status.value} tasks" if args.status else "tasks"
+        ctx.say(f"batch {info.batch_id} has no {which}")
+    else:
+        ctx.show(render.tasks_table(views))
+    return OK
+
+
+async def _all_tasks(client: Client, info: BatchInfo, status: TaskStatus | None) -> list[TaskView]:
+    try:
+        return [view async for view in batches.iter_tasks(client, info.batch_id, status=status)]
+    except QUERY_ERRORS as err:
+        raise query_problem(err, info, client) from None
+
+
+async def results(ctx: Context, args: argparse.Namespace) -> int:
+    url = _existing_store(args.store or ctx.settings().store_url)
+    store = open_store(url)
+    try:
+        records = await store.list_tasks(args.batch)
+    finally:
+        await store.close()
+    if not records:
+        raise CliError(f"the task store at {url} has no tasks of batch {args.batch}", USAGE)
+    if args.out:
+        count = _write_results(records, Path(args.out))
+        counts = Counter(record.status.value for record in records)
+        ctx.say(f"wrote {count} tasks of batch {args.batch} to {args.out}")
+        ctx.say(f"  {render.counts_line(counts)}")
+    elif args.json:
+        write_jsonl(records, ctx.stdout)
+        ctx.stdout.flush()
+    else:
+        ctx.show(render.results_table(records))
+    return OK
+
+
+def _existing_store(url: str) -> str:
+    if not url.startswith(("postgres://", "postgresql://")):
+        path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        # Opening a missing SQLite file would create an empty store and report no tasks.
+        if not path.is_file():
+            raise CliError(f"no task store at {path}: set TASKPOOL_STORE or --store", USAGE)
+    return url
+
+
+def _write_results(records: Sequence[TaskRecord], path: Path) -> int:
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            return write_jsonl(records, out)
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror or err}", USAGE) from None
+
+
+# --- changing a running batch ---------------------------------------------------------------------
+
+
+async def _running_batch(ctx: Context, batch_id: str, consequence: str) -> tuple[Client, BatchInfo]:
+    client = await ctx.client()
+    info = await find_batch(client, batch_id)
+    if info.closed:
+        raise finished_problem(info, consequence)
+    return client, info
+
+
+async def pause(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = "there is nothing left to pause"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    try:
+        await batches.pause_batch(client, info.batch_id, args.reason)
+    except RPCError as err:
+        raise signal_problem(err, info, client, consequence) from None
+    ctx.say(
+        f"pausing batch {info.batch_id}: no new task or model call starts; calls already running "
+        "finish",
+        f"  resume:  {render.command('resume', info.batch_id)}",
+    )
+    return OK
+
+
+async def resume(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = "there is nothing left to resume"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    try:
+        await batches.resume_batch(client, info.batch_id)
+    except RPCError as err:
+        raise signal_problem(err, info, client, consequence) from None
+    ctx.say(f"resuming batch {info.batch_id}")
+    return OK
+
+
+async def cancel(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = "there is nothing left to cancel"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    if args.task_ids:
+        try:
+            answer = await batches.cancel_tasks(client, info.batch_id, args.task_ids, args.reason)
+        except UPDATE_ERRORS as err:
+            raise update_problem(err, info, client, consequence) from None
+        ctx.say(
+            f"cancelled {len(args.task_ids)} tasks of batch {info.batch_id} "
+            f"({', '.join(args.task_ids[:FAILURES_SHOWN])}); the batch goes on",
+            f"  now: {render.counts_line(answer.counts)}",
+        )
+        return OK
+    try:
+        await batches.cancel_batch(client, info.batch_id, args.reason)
+    except RPCError as err:
+        raise signal_problem(err, info, client, consequence) from None
+    ctx.say(
+        f"cancelling batch {info.batch_id}: waiting tasks are cancelled, running ones stopped",
+        f"  follow it:  {render.command('watch', info.batch_id)}",
+    )
+    return OK
+
+
+async def add(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = "a finished batch takes no new tasks: start a new batch with them"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    existing = [view.id for view in await _all_tasks(client, info, None)]
+    specs = _load(Path(args.source), default_kind=args.kind, existing=existing)
+    try:
+        answer = await batches.add_tasks(client, info.batch_id, specs)
+    except UPDATE_ERRORS as err:
+        raise update_problem(err, info, client, consequence) from None
+    ctx.say(f"added {len(specs)} tasks to batch {info.batch_id}; it now has {answer.total} tasks")
+    return OK
+
+
+async def retry(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = (
+        "a finished batch cannot retry its tasks: start a new batch with the failed ones "
+        f"({render.command('tasks', args.batch, '--status', 'failed')} lists them)"
+    )
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    if args.failed:
+        task_ids = [view.id for view in await _all_tasks(client, info, TaskStatus.FAILED)]
+    else:
+        task_ids = list(dict.fromkeys(args.task_ids))
+    try:
+        answer = await batches.retry_tasks(
+            client, info.batch_id, task_ids=task_ids, all_failed=args.failed
+        )
+    except UPDATE_ERRORS as err:
+        raise update_problem(err, info, client, consequence) from None
+    shown = ", ".join(task_ids[:FAILURES_SHOWN]) + (
+        " ..." if len(task_ids) > FAILURES_SHOWN else ""
+    )
+    ctx.say(
+        f"retrying {len(task_ids)} tasks of batch {info.batch_id}: {shown}",
+        f"  now: {render.counts_line(answer.counts)}",
+    )
+    return OK
+
+
+async def concurrency(ctx: Context, args: argparse.Namespace) -> int:
+    consequence = "its concurrency no longer matters"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    try:
+        answer = await batches.set_concurrency(client, info.batch_id, args.concurrency)
+    except UPDATE_ERRORS as err:
+        raise update_problem(err, info, client, consequence) from None
+    ctx.say(
+        f"batch {info.batch_id} now runs up to {answer.concurrency} tasks at once "
+        f"({answer.in_flight} running now)"
+    )
+    return OK
+
+
+COMMANDS: dict[str, Command] = {
+    "start": start,
+    "status": status,
+    "watch": watch,
+    "tasks": tasks,
+    "results": results,
+    "pause": pause,
+    "resume": resume,
+    "cancel": cancel,
+    "add": add,
+    "retry": retry,
+    "concurrency": concurrency,
+}

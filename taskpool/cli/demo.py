@@ -1,0 +1,102 @@
+"""`starter.py demo`: the main job on the embedded default, from nothing to results."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from pathlib import Path
+
+from taskpool.batches import start_batch
+from taskpool.cli import render
+from taskpool.cli.commands import Context, _follow_and_report, _load, _progress_view
+from taskpool.cli.errors import find_batch
+from taskpool.demo import SAMPLE_BATCH, embedded_environment
+from taskpool.models import BatchOptions
+from taskpool.store import open_store
+
+
+async def demo(ctx: Context, args: argparse.Namespace) -> int:
+    source = Path(args.tasks) if args.tasks else SAMPLE_BATCH
+    specs = _load(source, default_kind=None)
+    async with embedded_environment(model=args.model, say=ctx.say) as env:
+        batch_id = args.batch_id or render_batch_id()
+        await start_batch(
+            env.client,
+            batch_id,
+            specs,
+            task_queue=env.settings.task_queue,
+            options=BatchOptions(concurrency=args.concurrency),
+        )
+        page = _batch_page(env.ui_url, batch_id)
+        ctx.say(f"Batch {batch_id}: {len(specs)} tasks from {source}, {args.concurrency} at once")
+        if page:
+            ctx.say(f"  follow it in the Temporal UI: {page}")
+        info = await find_batch(env.client, batch_id)
+        code = await _follow_and_report(
+            ctx, env.client, info, _progress_view(ctx, json_lines=False), args, result_json=False
+        )
+        store = open_store(env.settings.store_url)
+        try:
+            records = await store.list_tasks(batch_id)
+        finally:
+            await store.close()
+        ctx.show(render.results_table(records))
+        ctx.say(env.model_note)
+        ctx.say(f"Results are in {env.settings.store_url}; export them with:")
+        ctx.say(
+            "  "
+            + render.command(
+                "results",
+                batch_id,
+                "--store",
+                env.settings.store_url,
+                "--out",
+                f"{batch_id}.jsonl",
+            )
+        )
+        if page:
+            ctx.say(f"The batch in the Temporal UI: {page}")
+            if env.started_server:
+                ctx.say("  (the UI stops with the demo; run the demo again to browse past batches)")
+    return code
+
+
+def render_batch_id() -> str:
+    return f"demo-{uuid.uuid4().hex[:6]}"
+
+
+def _batch_page(ui_url: str | None, batch_id: str) -> str | None:
+    return f"{ui_url.rstrip('/')}/namespaces/default/workflows/{batch_id}" if ui_url else None
+
+
+def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo_parser = commands.add_parser(
+        "demo",
+        help="Run a sample batch on the embedded default (dev server, local model, worker).",
+        description=(
+            "Run a sample batch end to end on this machine: uses the Temporal server at\n"
+            "TEMPORAL_ADDRESS or starts a dev server (state in ./data/, Web UI included), starts\n"
+            "the model (OpenAI or OPENAI_BASE_URL when configured, else a tiny local model),\n"
+            "starts a worker, runs the batch with live progress, prints the results and the UI\n"
+            "link, and stops everything it started."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo_parser.add_argument(
+        "--model",
+        choices=["auto", "local", "scripted", "configured"],
+        default="auto",
+        help="auto (default): the configured provider if OPENAI_API_KEY or OPENAI_BASE_URL is "
+        "set, else the local model; scripted: canned replies, for a quick look",
+    )
+    demo_parser.add_argument(
+        "--tasks", metavar="FILE|DIR", help=f"tasks to run (default: {SAMPLE_BATCH.name})"
+    )
+    demo_parser.add_argument(
+        "--batch-id", metavar="ID", help="the batch's id (default: demo-<random>)"
+    )
+    demo_parser.add_argument(
+        "--concurrency", type=int, default=2, metavar="N", help="tasks at once (default 2)"
+    )
+    demo_parser.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    demo_parser.set_defaults(json=False)

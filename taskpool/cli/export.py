@@ -1,0 +1,50 @@
+"""A batch's results as JSON Lines: one flat, self-describing object per task, read from the store.
+
+The row is a public format (people load it with pandas and jq), so fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TextIO
+
+from taskpool.models import TaskRecord
+
+
+def result_row(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "id": record.task_id,
+        "label": record.label,
+        "kind": record.kind,
+        "status": record.status.value,
+        "result": record.result,
+        "error": record.error.model_dump(mode="json") if record.error else None,
+        "attempt": record.attempt,
+        "retry_count": record.retry_count,
+        "tokens": {
+            "prompt": record.usage.prompt_tokens,
+            "completion": record.usage.completion_tokens,
+            "total": record.usage.total_tokens,
+        },
+        "llm_calls": record.llm_calls,
+        "created_at": _time(record.created_at),
+        "started_at": _time(record.started_at),
+        "completed_at": _time(record.completed_at),
+        "duration_seconds": record.duration_seconds,
+        "metadata": record.metadata,
+    }
+
+
+def write_jsonl(records: Iterable[TaskRecord], out: TextIO) -> int:
+    """Write one line per record; returns how many."""
+    count = 0
+    for record in records:
+        out.write(json.dumps(result_row(record), ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

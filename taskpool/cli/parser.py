@@ -1,0 +1,232 @@
+"""starter.py's command line: every command, option and help text in one place."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from taskpool.cli.demo import add_demo_parser
+from taskpool.models import Priority, TaskStatus
+
+PROG = "starter.py"
+
+DESCRIPTION = """\
+Start and drive taskpool batches: large sets of LLM tasks that run as durable Temporal workflows.
+A worker (python worker.py) must be running on the same task queue to execute them."""
+
+EPILOG = """\
+exit codes:
+  0  success (with --wait, watch: every task completed)
+  1  the operation failed, or the batch ended with failed or cancelled tasks
+  2  usage or input error: bad arguments or task file, unknown batch, a request the batch refused
+
+environment:
+  TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, ...  where Temporal is (SDK env config)
+  TASKPOOL_TASK_QUEUE  the workers' task queue (default: taskpool)
+  TASKPOOL_STORE       the task store results are read from (default: data/taskpool.db)"""
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("give between 0.1 and 3600 seconds")
+    return value
+
+
+def _priority(text: str) -> Priority:
+    try:
+        return Priority(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Priority)
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+
+def _task_status(text: str) -> TaskStatus:
+    try:
+        return TaskStatus(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in TaskStatus)
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+
+concurrency_value = _int_between(1, 1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary}\n\n{details}" if details else summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name not in ("start", "demo"):
+            sub.add_argument("batch", metavar="BATCH", help="the batch id")
+        return sub
+
+    start = command(
+        "start",
+        "Start a batch from a task file or directory.",
+        "FILE|DIR is a JSON Lines file (one task per line: id, input, and optionally label, kind,\n"
+        "priority, depends_on, scheduled_for, metadata), a CSV file with those columns, or a\n"
+        "directory of .txt/.md files (one task per file). Every line is checked first: nothing\n"
+        "starts if any line is wrong.",
+    )
+    start.add_argument("source", metavar="FILE|DIR", help="the tasks to run")
+    start.add_argument(
+        "--batch-id", metavar="ID", help="the batch's id (default: <file name>-<random>)"
+    )
+    start.add_argument(
+        "--concurrency",
+        type=concurrency_value,
+        metavar="N",
+        help="tasks running at once, 1-1000 (default 10); change later with `concurrency`",
+    )
+    start.add_argument("--kind", metavar="K", help="kind of tasks that do not name one")
+    start.add_argument(
+        "--priority",
+        type=_priority,
+        metavar="P",
+        help="priority of tasks that do not set one: low, normal, high, urgent, critical",
+    )
+    start.add_argument("--model", metavar="M", help="model name for this batch's LLM calls")
+    start.add_argument(
+        "--task-queue", metavar="Q", help="the workers' task queue (default: TASKPOOL_TASK_QUEUE)"
+    )
+    start.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the batch until it ends (live on a terminal); exit 1 if any task failed",
+    )
+    _json_option(start, "print the started batch (and with --wait its result) as JSON lines")
+    _interval_option(start)
+
+    status = command(
+        "status",
+        "Show a batch's state, counts per task state, progress, tokens and recent errors.",
+    )
+    _json_option(status, "print the status as one JSON object")
+
+    watch = command(
+        "watch",
+        "Follow a batch live until it ends.",
+        "On a terminal: counts, a progress bar with throughput and ETA, running tasks with their\n"
+        "current step and recent failures. Otherwise a line whenever something changes.\n"
+        "Exits like `start --wait`: 1 if any task failed or was cancelled.",
+    )
+    _json_option(watch, "print one status JSON object per interval, for scripts")
+    _interval_option(watch)
+
+    tasks = command("tasks", "List a batch's tasks with their status and errors.")
+    tasks.add_argument(
+        "--status", type=_task_status, metavar="S", help="only tasks in this state (e.g. failed)"
+    )
+    _json_option(tasks, "print one JSON object per task")
+
+    pause = command(
+        "pause",
+        "Pause a batch: no new task or LLM call starts; calls already running finish.",
+    )
+    pause.add_argument("--reason", metavar="R", help="why, shown in status and the Temporal UI")
+    command("resume", "Resume a paused batch.")
+    cancel = command(
+        "cancel",
+        "Cancel a batch, or only some of its tasks with --task.",
+        "Without --task the whole batch ends: waiting tasks are cancelled, running ones are\n"
+        "stopped. Cancelling is final.",
+    )
+    cancel.add_argument("--reason", metavar="R", help="why, recorded with each cancelled task")
+    cancel.add_argument(
+        "--task",
+        dest="task_ids",
+        metavar="ID",
+        nargs="+",
+        action="extend",
+        help="cancel only these tasks; the batch goes on",
+    )
+
+    add = command(
+        "add",
+        "Add tasks from a file to a running batch.",
+        "The file has the same formats as for `start`; new ids must be new to the batch, and new\n"
+        "tasks may depend on tasks already in it.",
+    )
+    add.add_argument("source", metavar="FILE|DIR", help="the tasks to add")
+    add.add_argument("--kind", metavar="K", help="kind of tasks that do not name one")
+
+    retry = command(
+        "retry",
+        "Run failed tasks of a running batch again.",
+        "A batch that has finished takes no more retries: retry while it runs, or start a new\n"
+        "batch with the failed tasks.",
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="retry every failed task")
+    which.add_argument(
+        "--task",
+        dest="task_ids",
+        metavar="ID",
+        nargs="+",
+        action="extend",
+        help="retry these failed tasks",
+    )
+
+    concurrency = command("concurrency", "Change how many tasks of a batch run at once.")
+    concurrency.add_argument("concurrency", type=concurrency_value, metavar="N", help="1-1000")
+
+    results = command(
+        "results",
+        "Show or export a batch's results from the task store.",
+        "One row per task: id, status, result or error, attempts, tokens, duration. With --out\n"
+        "or --json: JSON Lines with id, label, kind, status, result, error, attempt, retry_count,\n"
+        "tokens {prompt, completion, total}, llm_calls, created_at, started_at, completed_at,\n"
+        "duration_seconds and metadata. Needs no Temporal server.",
+    )
+    output = results.add_mutually_exclusive_group()
+    output.add_argument("--out", metavar="FILE", help="write JSON Lines to FILE")
+    output.add_argument("--json", action="store_true", help="write JSON Lines to stdout")
+    results.add_argument(
+        "--store",
+        metavar="URL",
+        help="the task store (default: TASKPOOL_STORE or data/taskpool.db)",
+    )
+    add_demo_parser(commands)
+    return parser
+
+
+def _json_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
+def _interval_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds between looks at the batch (default 1)",
+    )

@@ -1,0 +1,509 @@
+"""starter.py as people and scripts use it: a real process against the session dev server, with
+the test's in-process worker serving the queue and the scripted model answering."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from taskpool.batches import batch_handle, batch_status
+from taskpool.cli.app import run as run_command
+from taskpool.cli.commands import Context, default_batch_id, outcome_code, with_default_priority
+from taskpool.cli.render import duration, live_frame
+from taskpool.cli.snapshot import RateMeter, RunningTask, Snapshot, pace
+from taskpool.models import (
+    BatchResult,
+    BatchState,
+    BatchStatus,
+    Priority,
+    TaskError,
+    TaskProgress,
+    TaskSpec,
+    TaskStatus,
+    TaskView,
+    TokenUsage,
+)
+from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+from tests.conftest import ROOT, eventually, worker_environment
+
+RUN_LIMIT_SECONDS = 60
+STATUS_KEYS = {"batch_id", "state", "total", "counts", "concurrency", "in_flight"}
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    return worker_environment(settings, temporal_address)
+
+
+async def starter(env: dict[str, str], *args: str) -> Run:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "starter.py",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(RUN_LIMIT_SECONDS):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    run = Run(process.returncode, out.decode(), err.decode())
+    # Whatever happened, the user gets a sentence, not a stack.
+    assert "Traceback" not in run.err, run.err
+    return run
+
+
+def write_jsonl(path: Path, *records: dict[str, Any] | str) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def docs(n: int, prefix: str = "doc") -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}-{i}", "input": f"Document {i} is about topic {i % 3}."} for i in range(n)
+    ]
+
+
+async def assert_never_started(client: Client, batch_id: str) -> None:
+    with pytest.raises(RPCError) as info:
+        await client.get_workflow_handle(batch_id).describe()
+    assert info.value.status is RPCStatusCode.NOT_FOUND
+
+
+# --- a batch from start to results ----------------------------------------------------------------
+
+
+async def test_start_wait_then_status_tasks_results_and_watch(
+    env: dict[str, str],
+    worker: Worker,
+    store: TaskStore,
+    batch_id: str,
+    tmp_path: Path,
+) -> None:
+    records = docs(4)
+    records[0] |= {"label": "First document", "metadata": {"team": "search"}}
+    records[1]["priority"] = "low"
+    source = write_jsonl(tmp_path / "tasks.jsonl", *records)
+
+    run = await starter(
+        env,
+        "start",
+        str(source),
+        "--wait",
+        "--batch-id",
+        batch_id,
+        "--concurrency",
+        "2",
+        "--priority",
+        "high",
+    )
+
+    assert run.code == 0, run.err
+    assert f"started batch {batch_id}: 4 tasks" in run.out
+    # Off a terminal, progress is a plain line per change, then the summary.
+    assert f"{batch_id} completed · 4/4 (100.0%) · completed 4" in run.out
+    assert f"batch {batch_id} completed: 4 tasks, completed 4" in run.out
+
+    out_file = tmp_path / "results.jsonl"
+    status, exported, table, listed, watched = await asyncio.gather(
+        starter(env, "status", batch_id, "--json"),
+        starter(env, "results", batch_id, "--out", str(out_file)),
+        starter(env, "results", batch_id),
+        starter(env, "tasks", batch_id, "--json"),
+        starter(env, "watch", batch_id, "--json"),
+    )
+
+    assert status.code == 0, status.err
+    [answer] = status.json_lines()
+    assert answer.keys() >= STATUS_KEYS
+    assert answer["batch_id"] == batch_id
+    assert answer["state"] == "completed"
+    assert answer["total"] == 4
+    assert answer["counts"]["completed"] == 4
+    assert answer["concurrency"] == 2
+    assert answer["in_flight"] == 0
+
+    assert exported.code == 0, exported.err
+    assert f"wrote 4 tasks of batch {batch_id}" in exported.out
+    rows = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
+    stored = await store.list_tasks(batch_id)
+    assert [row["id"] for row in rows] == [r.task_id for r in stored] == [r["id"] for r in records]
+    for row, record in zip(rows, stored, strict=True):
+        assert row["status"] == "completed"
+        assert row["result"]
+        assert row["result"] == record.result
+        assert row["error"] is None
+        assert row["attempt"] == record.attempt == 1
+        assert row["tokens"]["prompt"] == record.usage.prompt_tokens > 0
+        assert row["tokens"]["completion"] == record.usage.completion_tokens > 0
+        assert row["llm_calls"] == record.llm_calls == 1
+        assert datetime.fromisoformat(row["completed_at"]) == record.completed_at
+        assert row["duration_seconds"] == record.duration_seconds
+    assert rows[0]["label"] == "First document"
+    assert rows[0]["metadata"] == {"team": "search"}
+
+    assert table.code == 0, table.err
+    assert all(r["id"] in table.out for r in records)
+    assert "completed" in table.out
+
+    assert listed.code == 0, listed.err
+    views = {view["id"]: view for view in listed.json_lines()}
+    assert set(views) == {r["id"] for r in records}
+    # --priority fills in only what the file left out.
+    assert views["doc-1"]["priority"] == "low"
+    assert {views[i]["priority"] for i in ("doc-0", "doc-2", "doc-3")} == {"high"}
+
+    # Watching a finished batch shows its last status and exits with its outcome.
+    assert watched.code == 0, watched.err
+    assert watched.json_lines()[-1]["state"] == "completed"
+
+
+async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
+    env: dict[str, str],
+    worker: Worker,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+    tmp_path: Path,
+) -> None:
+    scripted.script("doc-x", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "nope"})]))
+    source = write_jsonl(tmp_path / "tasks.jsonl", *docs(2), {"id": "doc-x", "input": "Klingon"})
+
+    run = await starter(env, "start", str(source), "--wait", "--batch-id", batch_id)
+
+    assert run.code == 1, run.out + run.err
+    assert "failed 1" in run.out
+    assert "doc-x: agent_failed: nope" in run.out
+
+    status, exported, retried = await asyncio.gather(
+        starter(env, "status", batch_id),
+        starter(env, "results", batch_id, "--json"),
+        starter(env, "retry", batch_id, "--failed"),
+    )
+    assert status.code == 0, status.err
+    assert f"batch {batch_id}: failed" in status.out
+    assert "completed 2 · failed 1" in status.out
+    assert "doc-x: agent_failed: nope" in status.out
+    failed = [row for row in exported.json_lines() if row["status"] == "failed"]
+    assert [(row["id"], row["error"]["message"], row["result"]) for row in failed] == [
+        ("doc-x", "nope", None)
+    ]
+    # A closed workflow takes no updates; the user hears that the batch is over, not an RPC code.
+    assert retried.code == 1
+    assert f"batch {batch_id} has finished; a finished batch cannot retry" in retried.err
+
+
+# --- steering a running batch ---------------------------------------------------------------------
+
+
+async def test_pause_concurrency_add_retry_resume_cancel(
+    env: dict[str, str],
+    client: Client,
+    worker: Worker,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+    tmp_path: Path,
+) -> None:
+    # The first task's model call outlasts the test, so the batch is running whenever it is
+    # steered, and with one slot the other tasks wait behind it until the concurrency grows.
+    scripted.script(
+        "slow", Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "late"})], latency=60)
+    )
+    source = write_jsonl(tmp_path / "tasks.jsonl", {"id": "slow", "input": "Slow."}, *docs(8))
+    more = write_jsonl(tmp_path / "more.jsonl", {"id": "extra-1", "input": "One more."})
+    clash = write_jsonl(tmp_path / "clash.jsonl", {"id": "doc-1", "input": "Again."})
+
+    started = await starter(env, "start", str(source), "--batch-id", batch_id, "--concurrency", "1")
+    assert started.code == 0, started.err
+    assert f"python starter.py watch {batch_id}" in started.out
+
+    paused = await starter(env, "pause", batch_id, "--reason", "lunch")
+    assert paused.code == 0, paused.err
+
+    async def is_paused() -> BatchStatus:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.pause_reason == "lunch"
+        return status
+
+    await eventually(is_paused, within=10)
+
+    resized, added, duplicate, refused = await asyncio.gather(
+        starter(env, "concurrency", batch_id, "3"),
+        starter(env, "add", batch_id, str(more)),
+        starter(env, "add", batch_id, str(clash)),
+        starter(env, "retry", batch_id, "--task", "doc-7"),
+    )
+    assert resized.code == 0, resized.err
+    assert added.code == 0, added.err
+    assert f"added 1 tasks to batch {batch_id}; it now has 10 tasks" in added.out
+    # Checked against the batch before anything is sent, with file and line.
+    assert duplicate.code == 2
+    assert f"{clash}:1: id 'doc-1' is already in the batch" in duplicate.err
+    # The batch's validator refuses; its reason reaches the user.
+    assert refused.code == 2
+    assert "refused the request: task 'doc-7' is queued; only failed tasks retry" in refused.err
+
+    status = await batch_status(client, batch_id)
+    assert status.concurrency == 3
+    assert status.total == 10
+    assert status.paused
+
+    resumed = await starter(env, "resume", batch_id)
+    assert resumed.code == 0, resumed.err
+
+    async def is_running() -> None:
+        assert not (await batch_status(client, batch_id)).paused
+
+    await eventually(is_running, within=10)
+
+    cancelled = await starter(env, "cancel", batch_id, "--reason", "enough")
+    assert cancelled.code == 0, cancelled.err
+    result = await batch_handle(client, batch_id).result()
+    assert result.state is BatchState.CANCELLED
+    status = await batch_status(client, batch_id)
+    assert status.cancel_reason == "enough"
+
+    # Following a batch that ended cancelled exits 1, like `start --wait` would have.
+    watched = await starter(env, "watch", batch_id, "--json")
+    assert watched.code == 1
+    assert watched.json_lines()[-1]["state"] == "cancelled"
+
+
+# --- mistakes -------------------------------------------------------------------------------------
+
+
+async def test_bad_input_files_start_nothing(
+    env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    broken = write_jsonl(
+        tmp_path / "broken.jsonl", {"id": "a", "input": "fine"}, '{"id": "b", "input": '
+    )
+    duplicate = write_jsonl(
+        tmp_path / "dup.jsonl",
+        {"id": "a", "input": "x"},
+        {"id": "b", "input": "y"},
+        {"id": "a", "input": "z"},
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    cases = [
+        (broken, f"{broken}:2:"),
+        (duplicate, f"{duplicate}:3: duplicate id 'a'"),
+        (empty, f"{empty}: no tasks"),
+    ]
+    ids = [f"bad-{uuid.uuid4().hex[:8]}" for _ in cases]
+
+    runs = await asyncio.gather(
+        *(
+            starter(env, "start", str(path), "--batch-id", id_)
+            for (path, _), id_ in zip(cases, ids, strict=True)
+        )
+    )
+
+    for run, (_, expected), id_ in zip(runs, cases, ids, strict=True):
+        assert run.code == 2, run.out + run.err
+        assert expected in run.err
+        assert "nothing was started" in run.err
+        assert run.out == ""
+        await assert_never_started(client, id_)
+
+
+async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, str]) -> None:
+    unknown = f"no-such-batch-{uuid.uuid4().hex[:8]}"
+    offline = env | {"TEMPORAL_ADDRESS": "127.0.0.1:1"}
+
+    status, pause, no_server = await asyncio.gather(
+        starter(env, "status", unknown),
+        starter(env, "pause", unknown),
+        starter(offline, "status", unknown),
+    )
+
+    for run in (status, pause):
+        assert run.code == 2
+        assert run.err == f"starter.py: no batch named {unknown}\n"
+    assert no_server.code == 1
+    assert no_server.err.count("\n") == 1
+    assert "cannot reach Temporal at 127.0.0.1:1" in no_server.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["concurrency", "b", "0"], "0 is not between 1 and 1000"),
+        (["retry", "b"], "one of the arguments --failed --task is required"),
+        (["start", "tasks.jsonl", "--priority", "asap"], "'asap' is not one of low, normal"),
+        (["watch", "b", "--interval", "0"], "give between 0.1 and 3600 seconds"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_command(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_results_from_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    err = io.StringIO()
+    ctx = Context(stdout=io.StringIO(), stderr=err)
+
+    # In a thread: the command runs its own event loop, as it does in starter.py.
+    code = await asyncio.to_thread(run_command, ["results", "b", "--store", str(missing)], ctx)
+
+    assert code == 2
+    assert (
+        err.getvalue() == f"starter.py: no task store at {missing}: set TASKPOOL_STORE or --store\n"
+    )
+    assert not missing.exists()
+
+
+# --- the parts without a server -------------------------------------------------------------------
+
+
+def test_default_batch_id_is_the_file_stem_and_a_short_random_part(tmp_path: Path) -> None:
+    first = default_batch_id(tmp_path / "my docs.jsonl")
+    second = default_batch_id(tmp_path / "my docs.jsonl")
+    assert first.startswith("my-docs-")
+    assert len(first) == len("my-docs-") + 6
+    assert first != second
+
+
+def test_default_priority_keeps_priorities_the_file_set() -> None:
+    given = TaskSpec.model_validate({"id": "a", "input": "x", "priority": "normal"})
+    unset = TaskSpec.model_validate({"id": "b", "input": "y"})
+    assert [s.priority for s in with_default_priority([given, unset], Priority.URGENT)] == [
+        Priority.NORMAL,
+        Priority.URGENT,
+    ]
+
+
+def test_exit_code_is_0_only_when_every_task_completed() -> None:
+    def result(state: BatchState, **counts: int) -> BatchResult:
+        return BatchResult(
+            batch_id="b", state=state, total=sum(counts.values()), counts=counts, usage=TokenUsage()
+        )
+
+    assert outcome_code(result(BatchState.COMPLETED, completed=3)) == 0
+    assert outcome_code(result(BatchState.FAILED, completed=2, failed=1)) == 1
+    assert outcome_code(result(BatchState.COMPLETED, completed=2, cancelled=1)) == 1
+    assert outcome_code(result(BatchState.CANCELLED, cancelled=3)) == 1
+
+
+def test_pace_uses_recent_samples_and_gives_no_eta_while_paused() -> None:
+    now = datetime.now(UTC)
+    status = BatchStatus(
+        batch_id="b",
+        state=BatchState.RUNNING,
+        total=100,
+        counts={"completed": 40},
+        concurrency=4,
+        in_flight=4,
+        progress_percent=40.0,
+        paused=False,
+        usage=TokenUsage(),
+        llm_calls=40,
+        # 40 tasks in 400 s on average ...
+        started_at=now - timedelta(seconds=400),
+        run_number=1,
+    )
+    meter = RateMeter()
+    rate, eta = pace(status, meter, now)
+    assert rate == pytest.approx(0.1)
+    assert eta == pytest.approx(600)
+    # ... but 20 of them in the last 10 s: the current pace wins.
+    meter.add(0.0, 20)
+    meter.add(10.0, 40)
+    rate, eta = pace(status, meter, now)
+    assert rate == pytest.approx(2.0)
+    assert eta == pytest.approx(30)
+    paused = status.model_copy(update={"state": BatchState.PAUSED})
+    assert pace(paused, meter, now)[1] is None
+
+
+def test_live_frame_shows_banner_progress_running_steps_and_failures() -> None:
+    now = datetime.now(UTC)
+    failure = TaskView(
+        id="doc-x",
+        label="doc-x",
+        kind="summarize",
+        priority=Priority.NORMAL,
+        status=TaskStatus.FAILED,
+        attempts=1,
+        retry_count=0,
+        error=TaskError(code="agent_failed", message="nope"),
+        usage=TokenUsage(),
+        llm_calls=1,
+    )
+    status = BatchStatus(
+        batch_id="b",
+        state=BatchState.PAUSED,
+        total=10,
+        counts={"completed": 4, "failed": 1, "assigned": 2, "queued": 3},
+        concurrency=2,
+        in_flight=2,
+        progress_percent=50.0,
+        paused=True,
+        pause_reason="lunch",
+        usage=TokenUsage(prompt_tokens=900, completion_tokens=100),
+        llm_calls=7,
+        run_number=1,
+        recent_errors=[failure],
+    )
+    running = RunningTask(
+        "doc-5", "doc-5", now - timedelta(seconds=3), TaskProgress(percent=50, step="reading")
+    )
+    console = Console(width=100, record=True, file=io.StringIO())
+
+    console.print(live_frame(Snapshot("b", status, now, (running,), 0.5, None)))
+
+    text = console.export_text()
+    assert "PAUSED lunch" in text
+    assert "5/10" in text
+    assert "0.50 tasks/s" in text
+    assert "queued 3 · assigned 2 · completed 4 · failed 1" in text
+    assert "2 running of at most 2 · 1,000 tokens" in text
+    assert re.search(r"doc-5\s+reading\s+50\s+3\.0s", text)
+    assert "doc-x  agent_failed: nope" in text
+
+
+def test_durations_read_naturally() -> None:
+    assert [duration(s) for s in (None, 0.42, 42, 185, 7620)] == [
+        "",
+        "0.4s",
+        "42s",
+        "3m05s",
+        "2h07m",
+    ]
