@@ -15,7 +15,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# README.md is left out on purpose: only the package metadata would use it.
+COPY README.md ./
 COPY taskpool/ taskpool/
 COPY workflows/ workflows/
 COPY activities/ activities/
