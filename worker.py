@@ -20,6 +20,12 @@ from temporalio.worker import Worker
 from activities.lifecycle import LifecycleActivities
 from activities.llm import LlmActivities
 from taskpool.logging_setup import configure_logging
+from taskpool.ratelimit import (
+    InMemoryTokenBudget,
+    TokenBudget,
+    open_token_budget,
+    task_queue_rate,
+)
 from taskpool.settings import Settings, SettingsError
 from taskpool.store import TaskStore, open_store
 from taskpool.temporal import connect, ensure_search_attributes
@@ -45,9 +51,17 @@ def build_worker(
     *,
     llm_client: openai.AsyncOpenAI,
     store: TaskStore,
+    budget: TokenBudget | None = None,
 ) -> Worker:
-    llm = LlmActivities(llm_client, default_model=settings.model, tool_mode=settings.tool_mode)
+    """The worker for these settings. With TASKPOOL_TPM set and no `budget` given, the token
+    budget covers this process only (running_worker passes the one shared through a file)."""
+    if budget is None and settings.tokens_per_minute is not None:
+        budget = InMemoryTokenBudget(settings.tokens_per_minute)
+    llm = LlmActivities(
+        llm_client, default_model=settings.model, tool_mode=settings.tool_mode, budget=budget
+    )
     lifecycle = LifecycleActivities(store)
+    rpm = settings.requests_per_minute
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -55,6 +69,10 @@ def build_worker(
         activities=[llm.chat_turn, lifecycle.register_tasks, lifecycle.record_tasks],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=settings.max_cached_workflows,
+        # The server enforces this across every worker polling the queue. chat_turn is the only
+        # activity on it that goes through the server (store writes are local activities), so it
+        # limits model calls.
+        max_task_queue_activities_per_second=None if rpm is None else task_queue_rate(rpm),
         # Eager execution would bypass task-queue rate limits on the LLM activity.
         disable_eager_activity_execution=True,
     )
@@ -66,13 +84,16 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
     await ensure_search_attributes(client)
     store = open_store(settings.store_url)
     llm_client = build_openai_client(settings)
+    budget = open_token_budget(settings)
     try:
-        worker = build_worker(client, settings, llm_client=llm_client, store=store)
+        worker = build_worker(client, settings, llm_client=llm_client, store=store, budget=budget)
         async with worker:
             yield worker
     finally:
         await llm_client.close()
         await store.close()
+        if budget is not None:
+            await budget.close()
 
 
 async def serve(settings: Settings) -> None:

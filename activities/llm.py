@@ -23,15 +23,18 @@ from temporalio.exceptions import ApplicationError
 
 from taskpool import names
 from taskpool.models import ChatMessage, ChatTurnRequest, ChatTurnResult, TokenUsage, ToolCall
-
-try:  # TEMP until tool_emulation lands
-    from taskpool.tool_emulation import (
-        emulation_instructions,
-        parse_emulated_reply,
-        response_format_for,
-    )
-except ImportError:
-    pass
+from taskpool.ratelimit import (
+    DEFAULT_COMPLETION_ALLOWANCE,
+    BudgetWaitTimeout,
+    TokenBudget,
+    estimate_tokens,
+    spending,
+)
+from taskpool.tool_emulation import (
+    emulation_instructions,
+    parse_emulated_reply,
+    response_format_for,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +43,11 @@ ToolMode = Literal["native", "json"]
 # Statuses a later attempt may get past: rate limits, timeouts, conflicts and server trouble.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 NON_RETRYABLE_CODES = frozenset({"context_length_exceeded", "content_filter", "invalid_api_key"})
+# Waiting for the token budget stops while this much of the attempt's start-to-close time is
+# left for the call (less when the call's own timeout is shorter), plus a margin, so an attempt
+# ends with a clear error of its own rather than Temporal's timeout.
+MIN_CALL_SECONDS = 30.0
+ATTEMPT_MARGIN_SECONDS = 5.0
 
 
 class LlmActivities:
@@ -50,11 +58,15 @@ class LlmActivities:
         default_model: str,
         tool_mode: ToolMode = "native",
         heartbeat_every: float = 2.0,
+        budget: TokenBudget | None = None,
+        completion_allowance: int = DEFAULT_COMPLETION_ALLOWANCE,
     ) -> None:
         self._client = client
         self._default_model = default_model
         self._tool_mode = tool_mode
         self._heartbeat_every = heartbeat_every
+        self._budget = budget
+        self._completion_allowance = completion_allowance
 
     @activity.defn(name=names.CHAT_TURN)
     async def chat_turn(self, request: ChatTurnRequest) -> ChatTurnResult:
@@ -65,15 +77,13 @@ class LlmActivities:
         )
         started = time.monotonic()
         try:
+            # Waiting for the token budget happens in here too: it heartbeats all the while.
             async with self._heartbeating():
-                completion = await self._client.chat.completions.create(
-                    **self._request_arguments(request, model),
-                    timeout=request.timeout_seconds,
-                    extra_headers={
-                        "X-Taskpool-Task": request.task_key,
-                        "X-Taskpool-Turn": str(request.turn),
-                    },
-                )
+                completion = await self._call_model(request, model)
+        except BudgetWaitTimeout as err:
+            raise ApplicationError(
+                f"{err}; lower the batch's concurrency or raise TASKPOOL_TPM", type="token_budget"
+            ) from err
         except openai.APIError as err:
             raise provider_error(err) from err
         except ValueError as err:
@@ -93,6 +103,40 @@ class LlmActivities:
             tokens=result.usage.total_tokens,
         )
         return result
+
+    async def _call_model(self, request: ChatTurnRequest, model: str) -> Any:
+        arguments = self._request_arguments(request, model)
+        if self._budget is None:
+            return await self._create(arguments, request, request.timeout_seconds)
+        started = time.monotonic()
+        estimate = estimate_tokens(arguments, self._completion_allowance)
+        limit = activity.info().start_to_close_timeout
+        attempt_seconds = None if limit is None else limit.total_seconds() - ATTEMPT_MARGIN_SECONDS
+        wait_limit = None
+        if attempt_seconds is not None:
+            wait_limit = attempt_seconds - min(request.timeout_seconds, MIN_CALL_SECONDS)
+        async with spending(self._budget, model, estimate, wait_limit=wait_limit) as charge:
+            timeout = request.timeout_seconds
+            if attempt_seconds is not None:
+                left = attempt_seconds - (time.monotonic() - started)
+                timeout = max(min(timeout, left), 1.0)
+            completion = await self._create(arguments, request, timeout)
+            usage = getattr(completion, "usage", None)
+            total = getattr(usage, "total_tokens", None)
+            charge.tokens = total if isinstance(total, int) else estimate
+            return completion
+
+    async def _create(
+        self, arguments: dict[str, Any], request: ChatTurnRequest, seconds: float
+    ) -> Any:
+        return await self._client.chat.completions.create(
+            **arguments,
+            timeout=seconds,
+            extra_headers={
+                "X-Taskpool-Task": request.task_key,
+                "X-Taskpool-Turn": str(request.turn),
+            },
+        )
 
     def _request_arguments(self, request: ChatTurnRequest, model: str) -> dict[str, Any]:
         messages = [_to_openai_message(m) for m in request.messages]

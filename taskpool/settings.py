@@ -26,6 +26,9 @@ ENVIRONMENT = {
     "TASKPOOL_STORE": "store_url",
     "TASKPOOL_MAX_CONCURRENT_ACTIVITIES": "max_concurrent_activities",
     "TASKPOOL_MAX_CACHED_WORKFLOWS": "max_cached_workflows",
+    "TASKPOOL_RPM": "requests_per_minute",
+    "TASKPOOL_TPM": "tokens_per_minute",
+    "TASKPOOL_TOKEN_BUDGET_DB": "token_budget_db",
     "TASKPOOL_LOG_LEVEL": "log_level",
     "TASKPOOL_LOG_FORMAT": "log_format",
 }
@@ -48,6 +51,13 @@ class Settings(BaseModel):
     store_url: str = DEFAULT_STORE
     max_concurrent_activities: int = Field(default=200, ge=1)
     max_cached_workflows: int = Field(default=1000, ge=0)
+    # Model calls per minute on this task queue, enforced by the Temporal server across all its
+    # workers (one queue per model: see README).
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    # Model tokens per minute, a budget shared through a SQLite file (taskpool.ratelimit).
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    # That file; default: beside a SQLite task store. ":memory:" keeps it in this process.
+    token_budget_db: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

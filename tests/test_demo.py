@@ -1,0 +1,123 @@
+"""`starter.py demo` on a machine with no Temporal server: it starts one (state under ./data/), a
+worker and a model, runs the sample batch, shows results and the UI link, and leaves nothing behind
+on exit or on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from temporalio.client import WorkflowExecutionStatus
+
+from taskpool.devserver import DevServer, DevServerOptions, free_port
+from taskpool.store import open_store
+from taskpool.temporal import connect
+from tests.conftest import ROOT, eventually
+
+
+def demo_env(address: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TASKPOOL_"))}
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("OPENAI_BASE_URL", None)
+    env["TEMPORAL_ADDRESS"] = address
+    return env
+
+
+def processes_in(directory: Path) -> list[str]:
+    """Processes whose working directory is `directory`: the demo and all it starts run there."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(proc / "cwd")) == directory:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
+async def test_demo_runs_the_sample_batch_and_cleans_up(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "starter.py"),
+        "demo",
+        "--model",
+        "scripted",
+        cwd=tmp_path,
+        env=demo_env(address),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out_bytes, _ = await asyncio.wait_for(process.communicate(), timeout=150)
+    out = out_bytes.decode()
+    assert process.returncode == 0, out
+    assert "starting a dev server" in out
+    assert "completed 12" in out
+    assert "gettysburg" in out
+    assert "scripted test model" in out
+    assert "/namespaces/default/workflows/demo-" in out
+    assert "Traceback" not in out
+    assert processes_in(tmp_path) == []
+
+    db = tmp_path / "data" / "temporal.db"
+    assert db.is_file()
+    batch_id = out.split("/namespaces/default/workflows/")[1].split()[0]
+    store = open_store(str(tmp_path / "data" / "taskpool.db"))
+    try:
+        records = await store.list_tasks(batch_id)
+    finally:
+        await store.close()
+    assert len(records) == 12
+    assert all(r.result for r in records)
+
+    # The server's state survives the demo: a server on the same file still knows the batch.
+    async with DevServer(DevServerOptions(db_file=db, ui=False)) as server:
+        client = await connect(target_host=server.address)
+        description = await client.get_workflow_handle(batch_id).describe()
+        assert description.status is WorkflowExecutionStatus.COMPLETED
+
+
+async def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    tasks = tmp_path / "many.jsonl"
+    tasks.write_text(
+        "".join(json.dumps({"id": f"t{i}", "input": f"text {i}"}) + "\n" for i in range(300))
+    )
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "starter.py"),
+        "demo",
+        "--model",
+        "scripted",
+        "--tasks",
+        str(tasks),
+        cwd=tmp_path,
+        env=demo_env(address),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    seen = []
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=90)).decode()
+        assert line, "".join(seen)
+        seen.append(line)
+        if line.startswith("Batch demo-"):
+            break
+    assert any("temporal" in cmd and "start-dev" in cmd for cmd in processes_in(tmp_path))
+    process.send_signal(signal.SIGINT)
+    rest, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    output = "".join(seen) + rest.decode()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+
+    async def nothing_left() -> None:
+        assert processes_in(tmp_path) == []
+
+    await eventually(nothing_left, within=10)
