@@ -3,6 +3,8 @@ the lifecycle events each task leaves in the store."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -20,6 +22,15 @@ async def run_batch(
     handle = await start_batch(client, batch_id, specs, task_queue=settings.task_queue)
     result = await handle.result()
     return result.state, result.counts
+
+
+def sent_messages(scripted: ScriptedModelServer, task_key: str, *, turn: int) -> list[Any]:
+    """The messages the model received on a task's n-th request."""
+    body = scripted.records_for(task_key)[turn - 1].body
+    assert body is not None
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    return messages
 
 
 async def test_every_task_leaves_its_lifecycle_in_the_store(
@@ -63,7 +74,7 @@ async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(
     assert quiet.error is not None
     assert quiet.error.code == "no_result"
     assert "even after being reminded" in quiet.error.message
-    nudge = scripted.records_for(f"{batch_id}/quiet")[1].body["messages"][-1]
+    nudge = sent_messages(scripted, f"{batch_id}/quiet", turn=2)[-1]
     assert nudge["role"] == "user"
     assert "complete_task" in nudge["content"]
     # The reminded model completed on its second turn.
@@ -95,7 +106,7 @@ async def test_fail_task_and_bad_tool_calls(
     assert hopeless.error is not None
     assert hopeless.error.code == "agent_failed"
     assert hopeless.error.message == "empty"
-    second_turn = scripted.records_for(f"{batch_id}/confused")[1].body["messages"]
+    second_turn = sent_messages(scripted, f"{batch_id}/confused", turn=2)
     tool_replies = [m["content"] for m in second_turn if m["role"] == "tool"]
     assert "no tool named 'delete_everything'" in tool_replies[0]
     assert tool_replies[1] == "task started"

@@ -103,7 +103,7 @@ async def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
-    seen = []
+    seen: list[str] = []
     while True:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=90)).decode()
         assert line, "".join(seen)

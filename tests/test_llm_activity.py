@@ -49,6 +49,7 @@ async def test_a_reply_with_several_tool_calls_comes_back_in_order(
     record = scripted.requests[0]
     assert record.task_key == "batch/doc-1"
     assert record.turn == 1
+    assert record.body is not None
     assert record.body["model"] == "scripted-model"
 
 
