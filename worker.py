@@ -58,7 +58,12 @@ def build_worker(
     if budget is None and settings.tokens_per_minute is not None:
         budget = InMemoryTokenBudget(settings.tokens_per_minute)
     llm = LlmActivities(
-        llm_client, default_model=settings.model, tool_mode=settings.tool_mode, budget=budget
+        llm_client,
+        default_model=settings.model,
+        tool_mode=settings.tool_mode,
+        budget=budget,
+        temperature=settings.temperature,
+        json_max_string_length=settings.json_max_string_length,
     )
     lifecycle = LifecycleActivities(store)
     rpm = settings.requests_per_minute

@@ -31,6 +31,7 @@ from taskpool.ratelimit import (
     spending,
 )
 from taskpool.tool_emulation import (
+    emulated_messages,
     emulation_instructions,
     parse_emulated_reply,
     response_format_for,
@@ -60,8 +61,12 @@ class LlmActivities:
         heartbeat_every: float = 2.0,
         budget: TokenBudget | None = None,
         completion_allowance: int = DEFAULT_COMPLETION_ALLOWANCE,
+        temperature: float | None = None,
+        json_max_string_length: int | None = None,
     ) -> None:
         self._client = client
+        self._temperature = temperature
+        self._json_max_string_length = json_max_string_length
         self._default_model = default_model
         self._tool_mode = tool_mode
         self._heartbeat_every = heartbeat_every
@@ -139,9 +144,9 @@ class LlmActivities:
         )
 
     def _request_arguments(self, request: ChatTurnRequest, model: str) -> dict[str, Any]:
-        messages = [_to_openai_message(m) for m in request.messages]
+        arguments = self._base_arguments(request, model)
         if not request.tools:
-            return {"model": model, "messages": messages}
+            return arguments
         if self._tool_mode == "native":
             tools = [
                 {
@@ -154,14 +159,35 @@ class LlmActivities:
                 }
                 for t in request.tools
             ]
-            return {"model": model, "messages": messages, "tools": tools}
+            return {**arguments, "tools": tools}
         # Models without tool calling answer in a JSON shape that lists the calls; earlier
         # calls and tool replies go back to them as plain text.
+        instructions = emulation_instructions(
+            request.tools, example=request.emulation_example or ()
+        )
+        messages = emulated_messages(request.messages)
+        for message in messages:
+            if message["role"] == "system":
+                message["content"] = f"{message['content']}\n\n{instructions}"
+                break
+        else:
+            messages.insert(0, {"role": "system", "content": instructions})
         return {
-            "model": model,
-            "messages": _flatten_for_emulation(messages, emulation_instructions(request.tools)),
-            "response_format": response_format_for(request.tools),
+            **arguments,
+            "messages": messages,
+            "response_format": response_format_for(
+                request.tools, max_string_length=self._json_max_string_length
+            ),
         }
+
+    def _base_arguments(self, request: ChatTurnRequest, model: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": model,
+            "messages": [_to_openai_message(m) for m in request.messages],
+        }
+        if self._temperature is not None:
+            arguments["temperature"] = self._temperature
+        return arguments
 
     def _to_result(self, completion: Any, request: ChatTurnRequest, model: str) -> ChatTurnResult:
         if not completion.choices:
@@ -294,27 +320,6 @@ def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     return out
-
-
-def _flatten_for_emulation(
-    messages: list[dict[str, Any]], instructions: str
-) -> list[dict[str, Any]]:
-    flat: list[dict[str, Any]] = []
-    for message in messages:
-        role, content = message["role"], message.get("content") or ""
-        if role == "system":
-            flat.append({"role": "system", "content": f"{content}\n\n{instructions}"})
-        elif role == "tool":
-            flat.append({"role": "user", "content": f"Tool result: {content}"})
-        elif role == "assistant" and message.get("tool_calls"):
-            calls = [
-                {"tool": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
-                for c in message["tool_calls"]
-            ]
-            flat.append({"role": "assistant", "content": json.dumps({"calls": calls})})
-        else:
-            flat.append({"role": role, "content": content})
-    return flat
 
 
 def _tool_call(call: Any, fallback_id: str) -> ToolCall:

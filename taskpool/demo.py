@@ -143,7 +143,13 @@ async def _start_model(
     local = await stack.enter_async_context(LocalModel())
     say(f"Model: {local.model} at {local.base_url}")
     settings = base.model_copy(
-        update={"openai_base_url": local.base_url, "model": local.model, "tool_mode": "json"}
+        update={
+            "openai_base_url": local.base_url,
+            "model": local.model,
+            "tool_mode": "json",
+            "temperature": 0.0,
+            "json_max_string_length": 300,
+        }
     )
     note = (
         "Results from SmolLM2-135M-Instruct, a tiny local model (135M parameters) running "

@@ -138,7 +138,8 @@ class DevServer:
 
     `start()` returns once a client can connect, the namespace answers and the requested search
     attributes are visible; `stop()` sends SIGTERM to the process group and SIGKILL after the grace
-    period. An interpreter that exits without `stop()` still kills the server (atexit).
+    period. An interpreter that exits without `stop()` still stops the server (atexit), and on
+    Linux so does one that is killed outright (parent-death signal, see `_spawn`).
     """
 
     def __init__(self, options: DevServerOptions | None = None) -> None:
@@ -185,15 +186,7 @@ class DevServer:
         self.command = build_command(cli, opts, self._port, self._ui_port)
         self._open_log()
         assert self._log is not None
-        # fork+exec off the event loop; the argument vector is ours and no shell is involved.
-        self._proc = await asyncio.to_thread(
-            subprocess.Popen,
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._proc = _spawn(self.command, self._log)
         atexit.register(self._kill_now)
         try:
             await self._wait_ready()
@@ -314,6 +307,26 @@ class DevServer:
 
 class _NotYetError(Exception):
     pass
+
+
+def _spawn(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start the server in its own process group, tied to this process's life where possible.
+
+    On Linux `setpriv --pdeathsig TERM` (util-linux) makes the kernel send SIGTERM to the server
+    when its parent dies without stopping it (SIGKILL, crash), which atexit cannot cover. setpriv
+    execs the server in place, so the pid stays the server's. The signal follows the *thread* that
+    spawned it, so this runs on the caller's thread (the event loop's), not in an executor.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    # The argument vector is built here from typed options, and no shell is involved.
+    return subprocess.Popen(  # noqa: S603
+        [*prefix, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

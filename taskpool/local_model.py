@@ -169,6 +169,9 @@ class LocalModel:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 env=_child_environment(),
+                # Out of the terminal's process group: Ctrl-C reaches the owner, which then
+                # stops the server when it is ready to, not halfway through its own shutdown.
+                start_new_session=True,
             )
         try:
             async with asyncio.timeout(self._startup_timeout):

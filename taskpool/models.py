@@ -349,6 +349,9 @@ class ChatTurnRequest(_Model):
     tools: list[ToolSpec]
     model: str | None = None
     timeout_seconds: float = 120.0
+    # For models that emulate tools with JSON: the call a sample reply shows (small models copy
+    # the sample far more reliably than they follow prose).
+    emulation_example: str | None = None
 
 
 class ChatTurnResult(_Model):

@@ -22,6 +22,8 @@ ENVIRONMENT = {
     "OPENAI_BASE_URL": "openai_base_url",
     "TASKPOOL_MODEL": "model",
     "TASKPOOL_TOOL_MODE": "tool_mode",
+    "TASKPOOL_TEMPERATURE": "temperature",
+    "TASKPOOL_JSON_MAX_STRING": "json_max_string_length",
     "TASKPOOL_TASK_QUEUE": "task_queue",
     "TASKPOOL_STORE": "store_url",
     "TASKPOOL_MAX_CONCURRENT_ACTIVITIES": "max_concurrent_activities",
@@ -47,6 +49,11 @@ class Settings(BaseModel):
     # "json" for models without native tool calling: tools are emulated with a JSON-schema
     # response format.
     tool_mode: Literal["native", "json"] = "native"
+    # Unset: the provider's default.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # With tool_mode json: the longest string the grammar lets the model write, which stops a
+    # small model that repeats itself before the token limit cuts its JSON off.
+    json_max_string_length: int | None = Field(default=None, ge=1)
     task_queue: str = DEFAULT_TASK_QUEUE
     store_url: str = DEFAULT_STORE
     max_concurrent_activities: int = Field(default=200, ge=1)

@@ -7,7 +7,9 @@ turns it into a grammar) uses to force the reply into one shape:
     {"calls": [{"name": "complete_task", "arguments": {"result": "..."}}]}
 
 The shape is flat and small so that a 135M-parameter model can fill it: the grammar writes the keys,
-and the model only picks a tool name from a fixed set and writes the argument values.
+and the model only picks a tool name from a fixed set and writes the argument values. By default a
+reply holds one call: given room for more, SmolLM2-135M followed almost every `complete_task` with
+made-up `fail_task` or `report_progress` calls.
 `emulation_instructions` tells the model the same in words, `parse_emulated_reply` turns the reply
 back into `ToolCall`s, and `emulated_messages` renders a conversation that contains earlier tool
 calls and their results in a form such a model (and its chat template) understands.
@@ -25,24 +27,38 @@ from typing import Any
 from taskpool.models import ChatMessage, ToolCall, ToolSpec
 
 SCHEMA_NAME = "tool_calls"
-# Enough for a whole lifecycle in one reply (start, progress, finish); the cap stops a tiny model
-# from repeating calls until it runs out of tokens.
-MAX_CALLS_PER_REPLY = 4
+DEFAULT_MAX_CALLS = 1
 
+# Measured on SmolLM2-135M over ten short texts: with "..." it copied the placeholder once; with
+# "<result>" three times; with a descriptive sentence every time. `_copied_placeholder` catches it.
+_PLACEHOLDER = "..."
 _SHAPE = '{"calls": [{"name": "<tool>", "arguments": {...}}]}'
 _NAME_KEYS = ("name", "tool", "function")
 _ARGUMENT_KEYS = ("arguments", "args", "parameters", "input")
 
 
 def response_format_for(
-    tools: Sequence[ToolSpec], *, max_calls: int = MAX_CALLS_PER_REPLY
+    tools: Sequence[ToolSpec],
+    *,
+    max_calls: int = DEFAULT_MAX_CALLS,
+    max_string_length: int | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI `response_format` that only admits a list of calls of `tools`."""
+    """The OpenAI `response_format` that only admits a list of 1 to `max_calls` calls of `tools`.
+
+    Raise `max_calls` for models able to plan several calls in one reply (a whole lifecycle needs
+    three); the cap also keeps a small model from repeating calls until it runs out of tokens.
+
+    `max_string_length` caps every string argument that sets no `maxLength` of its own. A small
+    model sometimes repeats itself inside a string until `max_tokens` cuts the reply off, which
+    leaves invalid JSON; with a cap the grammar closes the string and the call stays usable.
+    """
     if not tools:
         raise ValueError("tool emulation needs at least one tool")
     if max_calls < 1:
         raise ValueError(f"max_calls must be at least 1, got {max_calls}")
-    one_call = {"anyOf": [_call_schema(tool) for tool in tools]}
+    if max_string_length is not None and max_string_length < 1:
+        raise ValueError(f"max_string_length must be at least 1, got {max_string_length}")
+    one_call = {"anyOf": [_call_schema(tool, max_string_length) for tool in tools]}
     schema = {
         "type": "object",
         "properties": {
@@ -54,12 +70,12 @@ def response_format_for(
     return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema}}
 
 
-def emulation_instructions(tools: Sequence[ToolSpec], *, example: str | None = None) -> str:
+def emulation_instructions(tools: Sequence[ToolSpec], *, example: str | Sequence[str] = ()) -> str:
     """Text for the end of the system prompt: the reply shape and one line per tool.
 
-    `example` names a tool to show in a sample reply. Tiny models copy the sample's tool far more
-    reliably than they follow prose, so name the tool that the usual reply should call (for
-    taskpool's agent, the one that finishes the task).
+    `example` names the tools, in order, of a sample reply. Tiny models copy the sample's calls far
+    more reliably than they follow prose, so name what the usual reply should call (for taskpool's
+    agent, the tool that finishes the task).
     """
     if not tools:
         raise ValueError("tool emulation needs at least one tool")
@@ -68,12 +84,15 @@ def emulation_instructions(tools: Sequence[ToolSpec], *, example: str | None = N
         "Tools:",
     ]
     lines += [f"- {tool.name} {_signature(tool.parameters)}: {tool.description}" for tool in tools]
-    if example is not None:
-        tool = _find(tools, example)
-        if tool is None:
-            raise ValueError(f"example tool {example!r} is not one of {_names(tools)}")
-        sample = {"calls": [{"name": tool.name, "arguments": _placeholders(tool.parameters)}]}
-        lines.append(f"Example: {json.dumps(sample)}")
+    example_names = [example] if isinstance(example, str) else list(example)
+    if example_names:
+        calls = []
+        for name in example_names:
+            tool = _find(tools, name)
+            if tool is None:
+                raise ValueError(f"example tool {name!r} is not one of {_names(tools)}")
+            calls.append({"name": tool.name, "arguments": _placeholders(tool.parameters)})
+        lines.append(f"Example: {json.dumps({'calls': calls})}")
     return "\n".join(lines)
 
 
@@ -84,10 +103,12 @@ def parse_emulated_reply(content: str, tools: Sequence[ToolSpec], id_prefix: str
     a bare list, code fences, prose around the JSON, arguments sent as a JSON string. Ids are
     `<id_prefix>-<index>`, so they are stable across retries of the same turn.
 
-    Nothing usable never raises: a call naming an unknown tool keeps its name and gets
-    `arguments_error`; a reply that is not JSON, or JSON of another shape, becomes one call with
-    an empty name and `arguments_error` saying what was wrong, so the agent can tell the model.
-    An empty reply gives an empty list (the model said nothing; the agent nudges it).
+    It never raises. A call naming an unknown tool, or whose arguments are not an object or copy
+    the example's placeholder, keeps its name and gets `arguments_error`; a reply that is not JSON,
+    or JSON of another shape, becomes one call with an empty name and `arguments_error` saying what
+    was wrong. Either way the agent can tell the model. Arguments are not checked against the
+    tool's schema: that is the agent's job. An empty reply gives an empty list (the model said
+    nothing; the agent nudges it).
     """
     text = _strip_fences(content.strip())
     if not text:
@@ -135,23 +156,41 @@ def emulated_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 # --- Schema --------------------------------------------------------------------------------------
 
 
-def _call_schema(tool: ToolSpec) -> dict[str, Any]:
+def _call_schema(tool: ToolSpec, max_string_length: int | None) -> dict[str, Any]:
+    arguments = _arguments_schema(tool, max_string_length)
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": _arguments_schema(tool)},
+        "properties": {"name": {"const": tool.name}, "arguments": arguments},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
 
 
-def _arguments_schema(tool: ToolSpec) -> dict[str, Any]:
+def _arguments_schema(tool: ToolSpec, max_string_length: int | None) -> dict[str, Any]:
     schema = copy.deepcopy(tool.parameters)
     if not schema:
         schema = {"type": "object", "properties": {}}
     # Left open, the grammar lets a small model invent extra keys instead of closing the object.
     if schema.get("type") == "object" and "properties" in schema:
         schema.setdefault("additionalProperties", False)
+    if max_string_length is not None:
+        _cap_strings(schema, max_string_length)
     return schema
+
+
+def _cap_strings(schema: Any, limit: int) -> None:
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "string" or (
+        isinstance(schema.get("type"), list) and "string" in schema["type"]
+    ):
+        schema.setdefault("maxLength", limit)
+    for nested in (schema.get("properties") or {}).values():
+        _cap_strings(nested, limit)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for option in schema.get(key) or ():
+            _cap_strings(option, limit)
+    _cap_strings(schema.get("items"), limit)
 
 
 # --- Instructions --------------------------------------------------------------------------------
@@ -192,7 +231,7 @@ def _placeholders(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def _placeholder(schema: Any) -> Any:
     if not isinstance(schema, dict):
-        return "..."
+        return _PLACEHOLDER
     if schema.get("enum"):
         return schema["enum"][0]
     options = schema.get("anyOf") or schema.get("oneOf")
@@ -209,7 +248,7 @@ def _placeholder(schema: Any) -> Any:
         "object": {},
         "null": None,
     }
-    return placeholders.get(kind, "...")
+    return placeholders.get(kind, _PLACEHOLDER)
 
 
 # --- Parsing -------------------------------------------------------------------------------------
@@ -229,15 +268,16 @@ def _load_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    # Prose around the JSON: take the first complete value that starts at a bracket.
+    # Prose around the JSON: read the value that starts at the first brace or bracket. Only the
+    # first ones, so that a reply cut off inside the list is not mistaken for its first calls.
     decoder = json.JSONDecoder()
-    for start, char in enumerate(text):
-        if char in "{[":
-            try:
-                value, _ = decoder.raw_decode(text, start)
-            except json.JSONDecodeError:
-                continue
-            return value
+    starts = sorted(index for index in (text.find("{"), text.find("[")) if index >= 0)
+    for start in starts:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        return value
     return _NOT_JSON
 
 
@@ -271,6 +311,8 @@ def _to_tool_call(item: Any, tools: Sequence[ToolSpec], call_id: str) -> ToolCal
     arguments, error = _arguments(raw_arguments)
     if _find(tools, name) is None:
         error = f"unknown tool {name!r}; the tools are {_names(tools)}"
+    elif error is None:
+        error = _copied_placeholder(arguments)
     return ToolCall(id=call_id, name=name, arguments=arguments, arguments_error=error)
 
 
@@ -295,6 +337,16 @@ def _arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
     if not isinstance(raw, dict):
         return {}, f"the arguments must be a JSON object, got {_excerpt(json.dumps(raw))}"
     return raw, None
+
+
+def _copied_placeholder(arguments: dict[str, Any]) -> str | None:
+    for key, value in arguments.items():
+        if value == _PLACEHOLDER:
+            return (
+                f"argument {key!r} is {value!r}, copied from the example; "
+                "write the real value instead"
+            )
+    return None
 
 
 def _problem(id_prefix: str, index: int, reason: str) -> ToolCall:

@@ -149,6 +149,7 @@ class TaskWorkflow:
             tools=list(agents.LIFECYCLE_TOOLS),
             model=settings.model,
             timeout_seconds=settings.llm_timeout_seconds,
+            emulation_example=agents.COMPLETE_TASK,
         )
         try:
             reply: ChatTurnResult = await workflow.execute_activity(

@@ -9,7 +9,7 @@ from pathlib import Path
 from taskpool.batches import start_batch
 from taskpool.cli import render
 from taskpool.cli.commands import Context, _follow_and_report, _load, _progress_view
-from taskpool.cli.errors import find_batch
+from taskpool.cli.errors import OK, find_batch
 from taskpool.demo import SAMPLE_BATCH, embedded_environment
 from taskpool.models import BatchOptions
 from taskpool.store import open_store
@@ -32,7 +32,9 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
         if page:
             ctx.say(f"  follow it in the Temporal UI: {page}")
         info = await find_batch(env.client, batch_id)
-        code = await _follow_and_report(
+        # The demo's job is to show a batch run to its end; a task the model got wrong is part
+        # of what it shows (and is in the table), not a failure of the demo.
+        await _follow_and_report(
             ctx, env.client, info, _progress_view(ctx, json_lines=False), args, result_json=False
         )
         store = open_store(env.settings.store_url)
@@ -58,7 +60,7 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
             ctx.say(f"The batch in the Temporal UI: {page}")
             if env.started_server:
                 ctx.say("  (the UI stops with the demo; run the demo again to browse past batches)")
-    return code
+    return OK
 
 
 def render_batch_id() -> str:
