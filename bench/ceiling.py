@@ -1,0 +1,226 @@
+"""The ceiling: how many minimal child workflows per second the dev server sustains here.
+
+A parent starts N children with at most W in flight, topping the window up as children finish
+(several starts per workflow task); each child runs one no-op activity. One in-process worker, a
+private dev server on a fresh SQLite file. Reports tasks/s and CPU seconds per task of the server
+and of this (worker) process. Any taskpool bench should be compared against this number.
+
+    python bench/ceiling.py --tasks 500 --window 50 [--pragma journal_mode=wal ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.service import GrpcCompression
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
+
+# The sandbox re-imports this file for every workflow run; the helpers are worker-side only.
+with workflow.unsafe.imports_passed_through():
+    from _common import (
+        CpuMeter,
+        append_result,
+        bench_server,
+        command_line,
+        db_bytes,
+        parse_pairs,
+    )
+
+
+@dataclass
+class CeilingInput:
+    tasks: int
+    window: int
+
+
+@activity.defn
+async def noop() -> None:
+    return None
+
+
+@workflow.defn
+class CeilingChild:
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity(noop, start_to_close_timeout=timedelta(seconds=60))
+
+
+@workflow.defn
+class CeilingParent:
+    @workflow.run
+    async def run(self, params: CeilingInput) -> int:
+        prefix = workflow.info().workflow_id
+        in_flight: list[asyncio.Task[None]] = []
+        started = finished = 0
+        while finished < params.tasks:
+            while started < params.tasks and len(in_flight) < params.window:
+                child = workflow.execute_child_workflow(CeilingChild.run, id=f"{prefix}/{started}")
+                in_flight.append(asyncio.create_task(child))
+                started += 1
+            done, in_flight = await workflow.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            finished += len(done)
+        return finished
+
+
+def worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Worker settings that differ from the SDK's defaults, from the command line."""
+    options: dict[str, Any] = {}
+    if args.unsandboxed:
+        options["workflow_runner"] = UnsandboxedWorkflowRunner()
+    if args.wf_pollers:
+        options["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(args.wf_pollers)
+    if args.act_pollers:
+        options["activity_task_poller_behavior"] = PollerBehaviorSimpleMaximum(args.act_pollers)
+    if args.sticky_ratio is not None:
+        options["nonsticky_to_sticky_poll_ratio"] = args.sticky_ratio
+    return options
+
+
+async def run_batch(client: Client, params: CeilingInput, args: argparse.Namespace) -> None:
+    task_queue = f"ceiling-{uuid.uuid4()}"
+    parents = args.parents
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[CeilingParent, CeilingChild],
+        activities=[noop],
+        **worker_options(args),
+    ):
+        # Several parents share the batch and the window, so no single workflow's lock serialises
+        # every child's start and completion.
+        shares = [
+            CeilingInput(
+                tasks=params.tasks // parents + (i < params.tasks % parents),
+                window=max(1, params.window // parents),
+            )
+            for i in range(parents)
+        ]
+        results = await asyncio.gather(
+            *(
+                client.execute_workflow(
+                    CeilingParent.run, share, id=f"{task_queue}/parent-{i}", task_queue=task_queue
+                )
+                for i, share in enumerate(shares)
+                if share.tasks
+            )
+        )
+    if sum(results) != params.tasks:
+        raise RuntimeError(f"parents reported {sum(results)} children, expected {params.tasks}")
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    pragmas = parse_pairs(args.pragma, "--pragma")
+    dynamic = parse_pairs(args.dynamic_config, "--dynamic-config")
+    params = CeilingInput(tasks=args.tasks, window=args.window)
+    async with bench_server(
+        sqlite_pragmas=pragmas, dynamic_config=dynamic, in_memory=args.in_memory
+    ) as server:
+        compression = GrpcCompression.NONE if args.no_compression else GrpcCompression.GZIP
+        client = await Client.connect(server.address, grpc_compression=compression)
+        meter = CpuMeter(server.pid)
+        meter.start()
+        await run_batch(client, params, args)
+        usage = meter.stop()
+        size = db_bytes(server)
+    return {
+        "tasks": args.tasks,
+        "window": args.window,
+        "parents": args.parents,
+        "pragmas": pragmas,
+        "dynamic_config": dynamic,
+        "in_memory": args.in_memory,
+        "sandbox": not args.unsandboxed,
+        "grpc_compression": not args.no_compression,
+        "wf_pollers": args.wf_pollers or "sdk default",
+        "act_pollers": args.act_pollers or "sdk default",
+        "sticky_ratio": args.sticky_ratio if args.sticky_ratio is not None else "sdk default",
+        "wall_s": usage.wall_s,
+        "server_cpu_s": usage.server_cpu_s,
+        "worker_cpu_s": usage.worker_cpu_s,
+        "other_cpu_s": usage.other_cpu_s,
+        **usage.per_task(args.tasks),
+        "db_bytes": size,
+        "command": command_line(),
+    }
+
+
+def summary(r: dict[str, Any]) -> str:
+    settings = [f"{k}={v}" for k, v in {**r["pragmas"], **r["dynamic_config"]}.items()]
+    if r["in_memory"]:
+        settings.insert(0, "in-memory")
+    if r["wf_pollers"] != "sdk default" or r["act_pollers"] != "sdk default":
+        settings.append(f"pollers={r['wf_pollers']}/{r['act_pollers']}")
+    return (
+        f"ceiling: {r['tasks']} tasks, window {r['window']}: {r['wall_s']:.1f} s, "
+        f"{r['tasks_per_s']:.1f} tasks/s; "
+        f"server {r['server_cpu_s_per_task'] * 1000:.1f} ms CPU/task "
+        f"({r['server_cpu_util']:.0%} of a core); worker "
+        f"{r['worker_cpu_s_per_task'] * 1000:.1f} ms CPU/task ({r['worker_cpu_util']:.0%}); "
+        f"others {r['other_cpu_util']:.0%}; "
+        f"db {r['db_bytes'] / 1e6:.1f} MB; settings: {' '.join(settings) or 'defaults'}"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=500, help="child workflows (default 500)")
+    parser.add_argument("--window", type=int, default=50, help="children in flight (default 50)")
+    parser.add_argument(
+        "--pragma", action="append", default=[], metavar="K=V", help="SQLite pragma for the server"
+    )
+    parser.add_argument(
+        "--dynamic-config",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="server dynamic config value (V is JSON)",
+    )
+    parser.add_argument(
+        "--in-memory", action="store_true", help="in-memory database (no file) for reference"
+    )
+    parser.add_argument("--unsandboxed", action="store_true", help="run workflows unsandboxed")
+    parser.add_argument(
+        "--no-compression", action="store_true", help="no gRPC gzip between worker and server"
+    )
+    parser.add_argument(
+        "--parents", type=int, default=1, help="split the batch over this many parents"
+    )
+    parser.add_argument("--wf-pollers", type=int, default=0, help="workflow task pollers")
+    parser.add_argument("--act-pollers", type=int, default=0, help="activity task pollers")
+    parser.add_argument("--sticky-ratio", type=float, default=None, help="non-sticky:sticky polls")
+    parser.add_argument("--json", action="store_true", help="print a JSON object, too")
+    parser.add_argument(
+        "--record", action="store_true", help="append the result to bench/RESULTS.md"
+    )
+    args = parser.parse_args(argv)
+    # Over a few hundred commands in one workflow task risks a stuck workflow (DESIGN.md, 3.).
+    if args.tasks < 1 or not 1 <= args.window <= 500 or args.parents < 1:
+        parser.error("--tasks and --parents must be >= 1 and --window within 1..500")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    result = asyncio.run(measure(args))
+    print(summary(result))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    if args.record:
+        body = f"{summary(result)}\n\n```json\n{json.dumps(result, indent=2, sort_keys=True)}\n```"
+        append_result("ceiling", body, command=result["command"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
