@@ -1,0 +1,1158 @@
+"""taskpool itself against the server's ceiling: throughput, utilisation, memory and history size.
+
+Every taskpool run is the real thing: a private dev server on a fresh SQLite file, `python
+worker.py` as its own process, the scripted model server in this process, and a batch of simple
+summarise tasks started as starter.py starts one. Parts, each runnable alone:
+
+    python bench/throughput.py ceiling-vs-taskpool [--tasks 500] [--window 50]
+        the ceiling (bench/ceiling.py) and a taskpool batch with the same N and W, model latency 0,
+        in one invocation so the ratio holds on a noisy machine; plus LLM calls and tokens per
+        task, events per workflow and where each task's time goes
+    python bench/throughput.py utilisation [--windows 10 100] [--latency 1]
+        measured tasks/s against the ideal W / L
+    python bench/throughput.py rss [--window 100] [--latency 1]
+        the worker process's peak resident memory
+    python bench/throughput.py history [--history-tasks 10000]
+        events per workflow and the largest payload; a 10,000-task batch takes ~15 min here
+    python bench/throughput.py all
+
+Results are printed and appended to bench/RESULTS.md with the command (--no-record skips that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# `_common` must come first: it puts the project root ahead of bench/ on the import path, so that
+# `taskpool` below is the package and not this file.
+from _common import (
+    ROOT,
+    append_result,
+    bench_server,
+    command_line,
+    machine_busy_seconds,
+    parse_pairs,
+    process_cpu_seconds,
+    self_cpu_seconds,
+)
+from ceiling import measure as measure_ceiling
+from ceiling import parse_args as ceiling_args
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from temporalio.api.enums.v1 import (
+    EventType,
+    TaskQueueType,
+    TimeoutType,
+    WorkflowTaskFailedCause,
+)
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from taskpool import names
+from taskpool.batches import batch_status, start_batch
+from taskpool.models import (
+    AgentSettings,
+    BatchOptions,
+    BatchResult,
+    BatchRun,
+    TaskEntry,
+    TaskSpec,
+)
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.temporal import connect
+
+MODEL = "scripted-model"
+MB = 1024 * 1024
+# Targets from the issue.
+TARGET_RATIO = 1.0
+TARGET_UTILISATION = 0.95
+TARGET_RSS_MB = 150.0
+TARGET_EVENTS = 10_240
+TARGET_PAYLOAD = 1 * MB
+HISTORY_TARGET_TASKS = 10_000
+# The dev server refuses a payload over this (limit.blobSize.error).
+SERVER_PAYLOAD_LIMIT = 2 * MB
+WORKER_READY_TIMEOUT = 60.0
+RSS_SAMPLE_EVERY = 0.2
+# The server starts children at a few per second here, so with a 1 s model only a handful of a
+# window of 100 is ever in flight; a slow model lets the whole window fill.
+RSS_LATENCY = 20.0
+# A batch with no new model request for this long has stopped making progress.
+STALL_SECONDS = 90.0
+STALL_CHECK_EVERY = 5.0
+HISTORY_FETCHES_AT_ONCE = 16
+
+_SENTENCES = (
+    "The committee met on Tuesday to review the quarterly budget and the hiring plan.",
+    "Revenue rose four percent against the same quarter last year, while costs stayed flat.",
+    "Two suppliers asked for longer payment terms, and the board agreed to one of them.",
+    "The new warehouse opens in March, a month later than planned, because of permits.",
+    "Customer complaints fell after the support team extended its hours into the evening.",
+    "Next quarter the team will focus on the mobile app and on reducing delivery times.",
+)
+
+
+# --- the work --------------------------------------------------------------------------------
+
+
+def document(index: int, chars: int) -> TaskSpec:
+    """A simple summarise task whose input is about `chars` characters of plain prose."""
+    parts: list[str] = []
+    length = 0
+    turn = index
+    while length < chars:
+        sentence = _SENTENCES[turn % len(_SENTENCES)]
+        parts.append(sentence)
+        length += len(sentence) + 1
+        turn += 1
+    return TaskSpec(id=f"doc-{index:05d}", input=" ".join(parts)[:chars])
+
+
+def documents(count: int, chars: int) -> list[TaskSpec]:
+    return [document(i, chars) for i in range(count)]
+
+
+def start_payload_bytes(specs: Sequence[TaskSpec]) -> int:
+    """Size of the batch's start input as the client sends it (the same model start_batch sends)."""
+    run = BatchRun(tasks=[TaskEntry(spec=spec) for spec in specs])
+    (payload,) = pydantic_data_converter.payload_converter.to_payloads([run])
+    return payload.ByteSize()
+
+
+# --- CPU and memory ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    wall_s: float
+    server_s: float
+    worker_s: float
+    bench_s: float
+    """This process: the scripted model server and the client waiting for the result."""
+    other_s: float
+
+    def per_task_ms(self, tasks: int) -> dict[str, float]:
+        return {
+            "server": 1000 * self.server_s / tasks,
+            "worker": 1000 * self.worker_s / tasks,
+            "bench": 1000 * self.bench_s / tasks,
+        }
+
+    def utilisation(self) -> dict[str, float]:
+        """Share of one core each used, and of the whole machine all together."""
+        cores = os.cpu_count() or 1
+        busy = self.server_s + self.worker_s + self.bench_s + self.other_s
+        return {
+            "server": self.server_s / self.wall_s,
+            "worker": self.worker_s / self.wall_s,
+            "bench": self.bench_s / self.wall_s,
+            "other": self.other_s / self.wall_s,
+            "machine": busy / (self.wall_s * cores),
+        }
+
+
+class CpuMeter:
+    """CPU of the dev server, the worker process, this process and everything else."""
+
+    def __init__(self, server_pid: int, worker_pid: int) -> None:
+        self._pids = (server_pid, worker_pid)
+        self._start = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def _read(self) -> tuple[float, float, float, float, float]:
+        server, worker = (process_cpu_seconds(pid) for pid in self._pids)
+        return (time.perf_counter(), server, worker, self_cpu_seconds(), machine_busy_seconds())
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> CpuSplit:
+        wall, server, worker, own, machine = (
+            end - begin for end, begin in zip(self._read(), self._start, strict=True)
+        )
+        return CpuSplit(
+            wall_s=wall,
+            server_s=server,
+            worker_s=worker,
+            bench_s=own,
+            other_s=max(0.0, machine - server - worker - own),
+        )
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A `kB` line of /proc/<pid>/status, such as VmRSS (now) or VmHWM (peak so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0])
+    raise KeyError(f"/proc/{pid}/status has no {key}")
+
+
+class RssSampler:
+    """Samples a process's resident memory until stopped; the kernel's own peak is read last."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples_kb: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.samples_kb.append(status_kb(self.pid, "VmRSS"))
+            await asyncio.sleep(RSS_SAMPLE_EVERY)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self) -> tuple[float, float, float]:
+        """(RSS when sampling started, largest sampled RSS, kernel peak VmHWM), in MB."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        sampled_kb = max(self.samples_kb, default=0)
+        # The kernel syncs its per-thread RSS counters lazily, so a sample can top VmHWM a little.
+        peak_kb = max(status_kb(self.pid, "VmHWM"), sampled_kb)
+        first = self.samples_kb[0] if self.samples_kb else 0
+        return first / 1024, sampled_kb / 1024, peak_kb / 1024
+
+
+# --- the worker as its own process ------------------------------------------------------------
+
+
+def worker_environment(address: str, queue: str, base_url: str, store: Path) -> dict[str, str]:
+    """What `python worker.py` reads (as tests/conftest.py's worker_environment gives it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "TASKPOOL_"))}
+    env.update(
+        TEMPORAL_ADDRESS=address,
+        TEMPORAL_NAMESPACE="default",
+        TASKPOOL_TASK_QUEUE=queue,
+        TASKPOOL_STORE=str(store),
+        TASKPOOL_MODEL=MODEL,
+        TASKPOOL_LOG_FORMAT="json",
+        OPENAI_BASE_URL=base_url,
+        OPENAI_API_KEY="bench",
+    )
+    return env
+
+
+async def has_pollers(client: Client, queue: str, kind: TaskQueueType.ValueType) -> bool:
+    described = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
+        )
+    )
+    return bool(described.pollers)
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    client: Client, env: dict[str, str], log_path: Path
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`python worker.py`, yielded once it polls for workflow and activity tasks."""
+    queue = env["TASKPOOL_TASK_QUEUE"]
+    proc = spawn_worker(env, log_path)
+    try:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+        while not all([await has_pollers(client, queue, kind) for kind in kinds]):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"worker.py did not start polling {queue}:\n{log_tail(log_path)}"
+                )
+            await asyncio.sleep(0.1)
+        yield proc
+    finally:
+        await asyncio.to_thread(stop_process, proc)
+
+
+def spawn_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    # The kernel stops the worker if this process dies without stopping it (see
+    # taskpool/devserver.py, which does the same for the server).
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    with log_path.open("ab") as log:
+        # Its own process group, so that stopping it takes along whatever it started.
+        return subprocess.Popen(
+            [*prefix, sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:]
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+# --- histories --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistorySize:
+    workflow_id: str
+    run_id: str
+    events: int
+    largest_event_bytes: int
+    largest_event_type: str
+    largest_payload_bytes: int
+
+
+@dataclass
+class HistoryReport:
+    batch_runs: list[HistorySize]
+    children: list[HistorySize]
+    batch_event_types: dict[str, int]
+    child_event_types: dict[str, int]
+    workflow_task_problems: dict[str, int]
+    """Failed and timed-out workflow tasks by workflow kind and cause: each one is a retry."""
+    phases_s: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def all(self) -> list[HistorySize]:
+        return [*self.batch_runs, *self.children]
+
+    def within_targets(self) -> bool:
+        return all(
+            h.events < TARGET_EVENTS and h.largest_payload_bytes < TARGET_PAYLOAD for h in self.all
+        )
+
+    def summary(self) -> dict[str, Any]:
+        tasks = len(self.children) or 1
+        biggest = max(self.all, key=lambda h: h.largest_payload_bytes)
+        return {
+            "batch_runs": len(self.batch_runs),
+            "batch_events_per_run_max": max(h.events for h in self.batch_runs),
+            "batch_events_per_task": sum(h.events for h in self.batch_runs) / tasks,
+            "child_events_max": max((h.events for h in self.children), default=0),
+            "child_events_mean": sum(h.events for h in self.children) / tasks,
+            "largest_payload_bytes": biggest.largest_payload_bytes,
+            "largest_payload_in": biggest.workflow_id,
+            "largest_event_bytes": max(h.largest_event_bytes for h in self.all),
+            "largest_event_type": max(
+                self.all, key=lambda h: h.largest_event_bytes
+            ).largest_event_type,
+            "within_targets": self.within_targets(),
+        }
+
+
+def event_name(event: HistoryEvent) -> str:
+    return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_").lower()
+
+
+def event_seconds(event: HistoryEvent) -> float:
+    return event.event_time.seconds + event.event_time.nanos / 1e9
+
+
+def payload_sizes(message: Message) -> list[int]:
+    """Serialized size of every Payload anywhere inside a protobuf message."""
+    if message.DESCRIPTOR.full_name == "temporal.api.common.v1.Payload":
+        return [message.ByteSize()]
+    sizes: list[int] = []
+    for descriptor, value in message.ListFields():
+        if descriptor.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        kind = descriptor.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            value_field = kind.fields_by_name["value"]
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value.values():
+                    sizes += payload_sizes(item)
+        elif descriptor.is_repeated:
+            for item in value:
+                sizes += payload_sizes(item)
+        else:
+            sizes += payload_sizes(value)
+    return sizes
+
+
+def history_size(workflow_id: str, run_id: str, events: Sequence[HistoryEvent]) -> HistorySize:
+    largest = max(events, key=lambda e: e.ByteSize())
+    return HistorySize(
+        workflow_id=workflow_id,
+        run_id=run_id,
+        events=len(events),
+        largest_event_bytes=largest.ByteSize(),
+        largest_event_type=event_name(largest),
+        largest_payload_bytes=max((s for e in events for s in payload_sizes(e)), default=0),
+    )
+
+
+def workflow_task_problems(kind: str, events: Sequence[HistoryEvent]) -> Counter[str]:
+    problems: Counter[str] = Counter()
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            cause = event.workflow_task_failed_event_attributes.cause
+            problems[f"{kind} failed: {WorkflowTaskFailedCause.Name(cause)}"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+            timeout = event.workflow_task_timed_out_event_attributes.timeout_type
+            problems[f"{kind} timed out: {TimeoutType.Name(timeout)}"] += 1
+    return problems
+
+
+def first_times(events: Sequence[HistoryEvent]) -> dict[str, float]:
+    times: dict[str, float] = {}
+    for event in events:
+        times.setdefault(event_name(event), event_seconds(event))
+    return times
+
+
+@dataclass
+class BatchTimes:
+    """When the batch did things for each task child, by child workflow id."""
+
+    initiated: dict[str, float] = field(default_factory=dict)
+    recorded_started: dict[str, float] = field(default_factory=dict)
+    report_received: dict[str, float] = field(default_factory=dict)
+    refill_gaps: list[float] = field(default_factory=list)
+
+
+def read_batch_run(batch_id: str, events: Sequence[HistoryEvent], into: BatchTimes) -> None:
+    reports_waiting: list[float] = []
+    for event in events:
+        at = event_seconds(event)
+        if event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            attributes = event.start_child_workflow_execution_initiated_event_attributes
+            into.initiated[attributes.workflow_id] = at
+            into.refill_gaps += [at - received for received in reports_waiting]
+            reports_waiting = []
+        elif event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+            child = event.child_workflow_execution_started_event_attributes.workflow_execution
+            into.recorded_started[child.workflow_id] = at
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signaled = event.workflow_execution_signaled_event_attributes
+            if signaled.signal_name != names.TASK_FINISHED or not signaled.input.payloads:
+                continue
+            outcome = json.loads(signaled.input.payloads[0].data)
+            child_id = names.task_workflow_id(batch_id, outcome["task_id"], outcome["attempt"])
+            into.report_received[child_id] = at
+            reports_waiting.append(at)
+
+
+# (label, where the span starts, where it ends): "child:<event>" is the first such event in the
+# child's history, "batch:<name>" a BatchTimes field for that child.
+TASK_SPANS = (
+    (
+        "batch asks for a child -> the child's run begins",
+        "batch:initiated",
+        "child:workflow_execution_started",
+    ),
+    (
+        "child begins -> its first workflow task starts",
+        "child:workflow_execution_started",
+        "child:workflow_task_started",
+    ),
+    (
+        "first workflow task -> LLM activity scheduled",
+        "child:workflow_task_started",
+        "child:activity_task_scheduled",
+    ),
+    (
+        "LLM activity waits in the queue",
+        "child:activity_task_scheduled",
+        "child:activity_task_started",
+    ),
+    (
+        "LLM activity runs (model call)",
+        "child:activity_task_started",
+        "child:activity_task_completed",
+    ),
+    (
+        "LLM reply -> report sent (store write, workflow task)",
+        "child:activity_task_completed",
+        "child:signal_external_workflow_execution_initiated",
+    ),
+    (
+        "report sent -> the batch has it",
+        "child:signal_external_workflow_execution_initiated",
+        "batch:report_received",
+    ),
+    (
+        "report sent -> child closed",
+        "child:signal_external_workflow_execution_initiated",
+        "child:workflow_execution_completed",
+    ),
+    (
+        "child begins -> child closed",
+        "child:workflow_execution_started",
+        "child:workflow_execution_completed",
+    ),
+    (
+        "batch asks for a child -> the batch records it started",
+        "batch:initiated",
+        "batch:recorded_started",
+    ),
+)
+REFILL_SPAN = "batch has a report -> its next child start (slot refilled)"
+
+
+def task_spans(
+    batch: BatchTimes, children: dict[str, Sequence[HistoryEvent]]
+) -> dict[str, list[float]]:
+    spans: dict[str, list[float]] = {label: [] for label, _, _ in TASK_SPANS}
+    for child_id, events in children.items():
+        times = {f"child:{name}": at for name, at in first_times(events).items()}
+        for name in ("initiated", "recorded_started", "report_received"):
+            by_child: dict[str, float] = getattr(batch, name)
+            if child_id in by_child:
+                times[f"batch:{name}"] = by_child[child_id]
+        for label, begin, end in TASK_SPANS:
+            if begin in times and end in times:
+                spans[label].append(times[end] - times[begin])
+    spans[REFILL_SPAN] = batch.refill_gaps
+    return spans
+
+
+async def analyse_histories(
+    client: Client, batch_id: str, first_run_id: str | None, task_ids: Sequence[str]
+) -> HistoryReport:
+    """Every run of the batch (following continue-as-new) and every task child's history."""
+    batch_runs: list[HistorySize] = []
+    batch_types: Counter[str] = Counter()
+    batch_times = BatchTimes()
+    problems: Counter[str] = Counter()
+    run_id = first_run_id
+    while run_id:
+        history = await client.get_workflow_handle(batch_id, run_id=run_id).fetch_history()
+        events = list(history.events)
+        batch_runs.append(history_size(batch_id, run_id, events))
+        batch_types.update(event_name(e) for e in events)
+        read_batch_run(batch_id, events, batch_times)
+        problems += workflow_task_problems("batch", events)
+        last = events[-1]
+        run_id = (
+            last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+            else None
+        )
+
+    limit = asyncio.Semaphore(HISTORY_FETCHES_AT_ONCE)
+    child_types: Counter[str] = Counter()
+    child_events: dict[str, Sequence[HistoryEvent]] = {}
+
+    async def child(task_id: str) -> HistorySize:
+        workflow_id = names.task_workflow_id(batch_id, task_id, 1)
+        async with limit:
+            history = await client.get_workflow_handle(workflow_id).fetch_history()
+        events = list(history.events)
+        child_types.update(event_name(e) for e in events)
+        child_events[workflow_id] = events
+        problems.update(workflow_task_problems("child", events))
+        return history_size(workflow_id, history.run_id, events)
+
+    children = await asyncio.gather(*(child(task_id) for task_id in task_ids))
+    return HistoryReport(
+        batch_runs=batch_runs,
+        children=list(children),
+        batch_event_types=dict(batch_types.most_common()),
+        child_event_types=dict(child_types.most_common()),
+        workflow_task_problems=dict(problems.most_common()),
+        phases_s=task_spans(batch_times, child_events),
+    )
+
+
+# --- one taskpool batch -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Common:
+    pragmas: dict[str, str]
+    input_chars: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    tasks: int
+    window: int
+    latency: float
+    histories: bool = False
+
+
+@dataclass
+class TaskpoolRun:
+    plan: BatchPlan
+    cpu: CpuSplit
+    completed: int
+    counts: dict[str, int]
+    model_requests: int
+    model_peak_concurrency: int
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    run_number: int
+    steady_tasks_per_s: float | None
+    rss_start_mb: float
+    rss_sampled_peak_mb: float
+    rss_peak_mb: float
+    start_payload_bytes: int
+    history: HistoryReport | None = None
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.plan.tasks / self.cpu.wall_s
+
+    def per_task(self) -> dict[str, float]:
+        tasks = self.plan.tasks
+        return {
+            "model_requests": self.model_requests / tasks,
+            "llm_calls": self.llm_calls / tasks,
+            "prompt_tokens": self.prompt_tokens / tasks,
+            "completion_tokens": self.completion_tokens / tasks,
+        }
+
+
+async def finish_or_stall(
+    result: Awaitable[BatchResult],
+    model: ScriptedModelServer,
+    worker: subprocess.Popen[bytes],
+    log_path: Path,
+    latency: float,
+) -> BatchResult:
+    """The batch's result, or an error once no task has reached the model for a while (a worker
+    that fails every workflow task would otherwise keep the bench waiting for ever)."""
+    waiting = asyncio.ensure_future(result)
+    seen, last_progress = -1, time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait([waiting], timeout=STALL_CHECK_EVERY)
+            if done:
+                return waiting.result()
+            if model.total_requests != seen:
+                seen, last_progress = model.total_requests, time.monotonic()
+            stalled = time.monotonic() - last_progress > STALL_SECONDS + latency
+            if stalled or worker.poll() is not None:
+                raise RuntimeError(
+                    f"the batch stalled: {seen} model requests, none for "
+                    f"{time.monotonic() - last_progress:.0f} s; worker log:\n{log_tail(log_path)}"
+                )
+    finally:
+        waiting.cancel()
+
+
+def steady_rate(arrivals: Sequence[float]) -> float | None:
+    """Requests per second at the model between the first and last tenth of them: the rate
+    without the batch's start-up and drain."""
+    times = sorted(arrivals)
+    skip = len(times) // 10
+    first, last = skip, len(times) - 1 - skip
+    if last - first < 5 or times[last] <= times[first]:
+        return None
+    return (last - first) / (times[last] - times[first])
+
+
+async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
+    specs = documents(plan.tasks, common.input_chars)
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    batch_id = f"bench-batch-{uuid.uuid4().hex[:8]}"
+    types = {key.name: key.indexed_value_type.name.title() for key in names.SEARCH_ATTRIBUTES}
+    with tempfile.TemporaryDirectory(prefix="taskpool-bench-") as tmp:
+        async with (
+            bench_server(sqlite_pragmas=common.pragmas, search_attributes=types) as server,
+            ScriptedModelServer(latency=plan.latency) as model,
+        ):
+            client = await connect({"TEMPORAL_ADDRESS": server.address})
+            env = worker_environment(server.address, queue, model.base_url, Path(tmp) / "tasks.db")
+            async with worker_process(client, env, Path(tmp) / "worker.log") as worker:
+                rss = RssSampler(worker.pid)
+                rss.start()
+                meter = CpuMeter(server.pid, worker.pid)
+                meter.start()
+                handle = await start_batch(
+                    client,
+                    batch_id,
+                    specs,
+                    task_queue=queue,
+                    options=BatchOptions(concurrency=plan.window, agent=AgentSettings(model=MODEL)),
+                )
+                result = await finish_or_stall(
+                    handle.result(), model, worker, Path(tmp) / "worker.log", plan.latency
+                )
+                cpu = meter.stop()
+                rss_start, rss_sampled, rss_peak = await rss.stop()
+                status = await batch_status(client, batch_id)
+            histories = (
+                await analyse_histories(
+                    client, batch_id, handle.first_execution_run_id, [s.id for s in specs]
+                )
+                if plan.histories
+                else None
+            )
+            arrivals = [r.received_at for r in model.requests]
+            model_requests = model.total_requests
+            peak_concurrency = model.peak_concurrency
+    completed = result.counts.get("completed", 0)
+    if completed != plan.tasks:
+        raise RuntimeError(f"batch {batch_id}: not every task completed: {result.counts}")
+    return TaskpoolRun(
+        plan=plan,
+        cpu=cpu,
+        completed=completed,
+        counts=result.counts,
+        model_requests=model_requests,
+        model_peak_concurrency=peak_concurrency,
+        llm_calls=status.llm_calls,
+        prompt_tokens=status.usage.prompt_tokens,
+        completion_tokens=status.usage.completion_tokens,
+        run_number=status.run_number,
+        steady_tasks_per_s=steady_rate(arrivals),
+        rss_start_mb=rss_start,
+        rss_sampled_peak_mb=rss_sampled,
+        rss_peak_mb=rss_peak,
+        start_payload_bytes=start_payload_bytes(specs),
+        history=histories,
+    )
+
+
+async def run_ceiling(tasks: int, window: int, common: Common) -> dict[str, Any]:
+    argv = ["--tasks", str(tasks), "--window", str(window)]
+    for key, value in common.pragmas.items():
+        argv += ["--pragma", f"{key}={value}"]
+    return await measure_ceiling(ceiling_args(argv))
+
+
+# --- reporting helpers ------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def mb(size: float) -> str:
+    return f"{size / MB:.2f} MB"
+
+
+def cpu_row(name: str, run: TaskpoolRun) -> str:
+    per_task = run.cpu.per_task_ms(run.plan.tasks)
+    util = run.cpu.utilisation()
+    return (
+        f"| {name} | {run.plan.tasks} | {run.plan.window} | {run.plan.latency:g} | "
+        f"{run.cpu.wall_s:.1f} | {run.tasks_per_s:.2f} | {per_task['server']:.1f} | "
+        f"{util['server']:.0%} | {per_task['worker']:.1f} | {util['worker']:.0%} | "
+        f"{util['bench']:.0%} | {util['other']:.0%} | {util['machine']:.0%} |"
+    )
+
+
+CPU_HEADER = (
+    "| run | tasks | W | L s | wall s | tasks/s | server ms CPU/task | server util | "
+    "worker ms CPU/task | worker util | bench util | others | machine busy |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def usage_lines(run: TaskpoolRun) -> list[str]:
+    per = run.per_task()
+    return [
+        f"LLM calls per task: {per['model_requests']:.2f} at the model "
+        f"({run.model_requests} requests for {run.plan.tasks} tasks), {per['llm_calls']:.2f} "
+        f"by the batch's status; tokens per task (the scripted model's estimate, chars/4): "
+        f"{per['prompt_tokens']:.0f} prompt + {per['completion_tokens']:.0f} completion = "
+        f"{per['prompt_tokens'] + per['completion_tokens']:.0f}; task input {run.plan.tasks} x "
+        f"summarise, {run.start_payload_bytes / run.plan.tasks:.0f} bytes of start payload each.",
+    ]
+
+
+def slot_line(run: TaskpoolRun) -> str:
+    """A slot's turnaround against a task's own run: the difference is spent starting children
+    and hearing back from them."""
+    slot = run.plan.window * run.cpu.wall_s / run.plan.tasks
+    own = run.history.phases_s.get("child begins -> child closed") if run.history else None
+    own_text = f"; a task's own run took {statistics.median(own):.2f} s (median)" if own else ""
+    return (
+        f"Each of the {run.plan.window} slots turned over once every {slot:.2f} s on average "
+        f"(W x wall / N){own_text}; model latency {run.plan.latency:g} s."
+    )
+
+
+def history_lines(report: HistoryReport, tasks: int) -> list[str]:
+    s = report.summary()
+    lines = [
+        f"Histories: {s['batch_runs']} batch run(s), at most {s['batch_events_per_run_max']} "
+        f"events in one; {s['batch_events_per_task']:.1f} batch events per task; task children "
+        f"{s['child_events_mean']:.1f} events on average, at most {s['child_events_max']}. "
+        f"Largest payload {mb(s['largest_payload_bytes'])} (in {s['largest_payload_in']}), "
+        f"largest event {mb(s['largest_event_bytes'])} ({s['largest_event_type']}). "
+        f"Every history under {TARGET_EVENTS} events and every payload under "
+        f"{mb(TARGET_PAYLOAD)}: {verdict(s['within_targets'])}.",
+        "",
+        "| batch run | events | largest payload | largest event |",
+        "|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {n} | {h.events} | {mb(h.largest_payload_bytes)} | "
+        f"{mb(h.largest_event_bytes)} {h.largest_event_type} |"
+        for n, h in enumerate(report.batch_runs, 1)
+    ]
+    per_task = ", ".join(
+        f"{name} {count / tasks:.2f}" for name, count in report.batch_event_types.items()
+    )
+    child = ", ".join(
+        f"{name} {count / tasks:.2f}" for name, count in report.child_event_types.items()
+    )
+    lines += ["", f"Batch events per task by type: {per_task}.", f"Child events by type: {child}."]
+    problems = ", ".join(
+        f"{name} x{count}" for name, count in report.workflow_task_problems.items()
+    )
+    lines.append(f"Workflow tasks that failed or timed out (each retried): {problems or 'none'}.")
+    if report.phases_s:
+        lines += [
+            "",
+            "| where a task's time goes | median ms | p90 ms | n |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, values in report.phases_s.items():
+            if values:
+                p90 = statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+                lines.append(
+                    f"| {label} | {1000 * statistics.median(values):.0f} | {1000 * p90:.0f} | "
+                    f"{len(values)} |"
+                )
+    return lines
+
+
+def run_json(run: TaskpoolRun) -> dict[str, Any]:
+    data = asdict(run)
+    data["tasks_per_s"] = run.tasks_per_s
+    data["cpu_ms_per_task"] = run.cpu.per_task_ms(run.plan.tasks)
+    data["cpu_utilisation"] = run.cpu.utilisation()
+    data["per_task"] = run.per_task()
+    if run.history is not None:
+        data["history"] = {
+            "summary": run.history.summary(),
+            "batch_runs": [asdict(h) for h in run.history.batch_runs],
+            "batch_event_types": run.history.batch_event_types,
+            "child_event_types": run.history.child_event_types,
+            "workflow_task_problems": run.history.workflow_task_problems,
+            "phases_median_s": {
+                k: statistics.median(v) for k, v in run.history.phases_s.items() if v
+            },
+        }
+    return data
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    body: str
+    data: dict[str, Any]
+
+
+# --- the parts --------------------------------------------------------------------------------
+
+
+async def ceiling_vs_taskpool(tasks: int, window: int, common: Common) -> Section:
+    ceiling = await run_ceiling(tasks, window, common)
+    run = await run_taskpool(
+        BatchPlan(tasks=tasks, window=window, latency=0.0, histories=True), common
+    )
+    ratio = run.tasks_per_s / ceiling["tasks_per_s"]
+    server_ratio = (run.cpu.server_s / tasks) / ceiling["server_cpu_s_per_task"]
+    lines = [
+        f"Same N = {tasks} and W = {window}, scripted model at zero latency, fresh dev server "
+        f"(SQLite file, pragmas: {common.pragmas or 'defaults'}) for each.",
+        "",
+        "| run | tasks/s | server ms CPU/task | server util | worker ms CPU/task | worker util |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| ceiling (1 no-op activity per child, in-process worker) | "
+        f"{ceiling['tasks_per_s']:.2f} | {1000 * ceiling['server_cpu_s_per_task']:.1f} | "
+        f"{ceiling['server_cpu_util']:.0%} | {1000 * ceiling['worker_cpu_s_per_task']:.1f} | "
+        f"{ceiling['worker_cpu_util']:.0%} |",
+        f"| taskpool (worker.py process) | {run.tasks_per_s:.2f} | "
+        f"{1000 * run.cpu.server_s / tasks:.1f} | {run.cpu.utilisation()['server']:.0%} | "
+        f"{1000 * run.cpu.worker_s / tasks:.1f} | {run.cpu.utilisation()['worker']:.0%} |",
+        "",
+        f"taskpool / ceiling: {ratio:.2f}x tasks/s (target >= {TARGET_RATIO:.1f}x: "
+        f"{verdict(ratio >= TARGET_RATIO)}); {server_ratio:.2f}x the server's CPU per task.",
+        "",
+        CPU_HEADER,
+        cpu_row("taskpool", run),
+        "",
+        *usage_lines(run),
+    ]
+    if run.history is not None:
+        lines += ["", slot_line(run), "", *history_lines(run.history, tasks)]
+    return Section(
+        title=f"taskpool vs ceiling: {tasks} tasks, window {window}",
+        body="\n".join(lines),
+        data={"ceiling": ceiling, "taskpool": run_json(run), "ratio": ratio},
+    )
+
+
+async def utilisation(
+    windows: Sequence[int],
+    latency: float,
+    rounds: int,
+    max_tasks: int,
+    ceiling_rate: float | None,
+    common: Common,
+) -> Section:
+    ceiling_note = "given on the command line"
+    if ceiling_rate is None:
+        ceiling = await run_ceiling(300, 50, common)
+        ceiling_rate = float(ceiling["tasks_per_s"])
+        ceiling_note = "measured in this invocation: 300 tasks, window 50"
+    runs = []
+    for window in windows:
+        tasks = min(rounds * window, max_tasks)
+        runs.append(
+            await run_taskpool(BatchPlan(tasks=tasks, window=window, latency=latency), common)
+        )
+    lines = [
+        f"Model latency L = {latency:g} s; ideal rate W / L. Ceiling {ceiling_rate:.1f} tasks/s "
+        f"({ceiling_note}). End to end: all tasks over the batch's wall time; steady: requests "
+        "per second at the model without the first and last tenth (no start-up or drain).",
+        "",
+        "| W | tasks | ideal tasks/s | end-to-end tasks/s | steady tasks/s | utilisation "
+        "(end to end) | utilisation (steady) | of min(W / L, ceiling) | slot turnaround s "
+        "(W x wall / N) | most model calls at once | W / L under the ceiling? | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    data = []
+    for run in runs:
+        ideal = run.plan.window / latency
+        used = run.tasks_per_s / ideal
+        steady = run.steady_tasks_per_s
+        steady_used = steady / ideal if steady else None
+        under = ideal < ceiling_rate
+        target = f">= {TARGET_UTILISATION:.0%}: {verdict(used >= TARGET_UTILISATION)}"
+        if not under:
+            target += " (not reachable: W / L is at or above the ceiling)"
+        lines.append(
+            f"| {run.plan.window} | {run.plan.tasks} | {ideal:.1f} | {run.tasks_per_s:.2f} | "
+            f"{steady or 0:.2f} | {used:.1%} | "
+            f"{f'{steady_used:.1%}' if steady_used else '-'} | "
+            f"{run.tasks_per_s / min(ideal, ceiling_rate):.1%} | "
+            f"{run.plan.window * run.cpu.wall_s / run.plan.tasks:.2f} | "
+            f"{run.model_peak_concurrency} | {'yes' if under else 'no'} | {target} |"
+        )
+        data.append({**run_json(run), "ideal": ideal, "utilisation": used})
+    lines += ["", CPU_HEADER, *(cpu_row(f"W={r.plan.window}", r) for r in runs)]
+    return Section(
+        title=f"taskpool utilisation at L = {latency:g} s",
+        body="\n".join(lines),
+        data={"ceiling_tasks_per_s": ceiling_rate, "runs": data},
+    )
+
+
+async def worker_rss(tasks: int, window: int, latency: float, common: Common) -> Section:
+    run = await run_taskpool(BatchPlan(tasks=tasks, window=window, latency=latency), common)
+    ok = run.rss_peak_mb <= TARGET_RSS_MB
+    lines = [
+        f"`python worker.py` as its own process, W = {window}, L = {latency:g} s, {tasks} tasks "
+        f"(at most {run.model_peak_concurrency} model calls in flight at once). "
+        f"/proc/<pid>/status sampled every {RSS_SAMPLE_EVERY:g} s.",
+        "",
+        f"RSS when the batch started {run.rss_start_mb:.1f} MB; largest sample "
+        f"{run.rss_sampled_peak_mb:.1f} MB; peak (VmHWM) {run.rss_peak_mb:.1f} MB; "
+        f"target <= {TARGET_RSS_MB:.0f} MB: {verdict(ok)}.",
+        "",
+        CPU_HEADER,
+        cpu_row(f"W={window}", run),
+    ]
+    return Section(
+        title=f"taskpool worker RSS at W = {window}",
+        body="\n".join(lines),
+        data=run_json(run),
+    )
+
+
+async def probe_start(tasks: int, common: Common) -> str:
+    """Whether the server accepts the start of a `tasks`-task batch (no worker: it never runs)."""
+    specs = documents(tasks, common.input_chars)
+    size = start_payload_bytes(specs)
+    async with bench_server(sqlite_pragmas=common.pragmas) as server:
+        client = await connect({"TEMPORAL_ADDRESS": server.address})
+        try:
+            handle = await start_batch(
+                client, f"probe-{uuid.uuid4().hex[:8]}", specs, task_queue="no-worker"
+            )
+        except RPCError as err:
+            return f"start input {mb(size)}: the server rejected the start: {err.message[:200]}"
+        await handle.terminate(reason="probe only")
+    return f"start input {mb(size)}: the server accepted the start (terminated at once)"
+
+
+async def history(tasks: int, window: int, probe_tasks: int, common: Common) -> Section:
+    lines = [
+        f"A {tasks}-task batch, W = {window}, model latency 0; histories fetched after it "
+        "finished, every batch run (following continue-as-new) and every task child.",
+    ]
+    if tasks < HISTORY_TARGET_TASKS:
+        lines.append(
+            f"NOTE: {tasks} tasks, not the target's {HISTORY_TARGET_TASKS}, to keep the run short; "
+            "per-task figures scale, the start payload is measured for the full size below."
+        )
+    probe = None
+    if probe_tasks:
+        probe = await probe_start(probe_tasks, common)
+        lines.append(f"Starting a {probe_tasks}-task batch: {probe}.")
+    try:
+        run = await run_taskpool(
+            BatchPlan(tasks=tasks, window=window, latency=0.0, histories=True), common
+        )
+    except RPCError as err:
+        lines.append(f"The {tasks}-task batch did not start: {err.message[:300]}")
+        return Section(title=f"taskpool history: {tasks} tasks", body="\n".join(lines), data={})
+    assert run.history is not None
+    lines += [
+        f"Ran at {run.tasks_per_s:.2f} tasks/s; start input {mb(run.start_payload_bytes)}.",
+        slot_line(run),
+        "",
+        *history_lines(run.history, tasks),
+    ]
+    events_per_task = run.history.summary()["batch_events_per_task"]
+    bytes_per_task = run.start_payload_bytes / tasks
+    lines += [
+        "",
+        f"Projection to {HISTORY_TARGET_TASKS} tasks: start input about "
+        f"{mb(bytes_per_task * HISTORY_TARGET_TASKS)} (server limit {mb(SERVER_PAYLOAD_LIMIT)}); "
+        f"{events_per_task * HISTORY_TARGET_TASKS:.0f} batch events in all, spread over runs by "
+        f"continue-as-new. With {common.input_chars}-character inputs "
+        f"({bytes_per_task:.0f} bytes per task in the start input) a batch starts with at most "
+        f"{int(SERVER_PAYLOAD_LIMIT // bytes_per_task)} tasks, and stays under the "
+        f"{mb(TARGET_PAYLOAD)} target with at most {int(TARGET_PAYLOAD // bytes_per_task)}.",
+    ]
+    return Section(
+        title=f"taskpool history: {tasks} tasks",
+        body="\n".join(lines),
+        data={"probe": probe, **run_json(run)},
+    )
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--pragma", action="append", default=[], metavar="K=V", help="SQLite pragma (all servers)"
+    )
+    common.add_argument(
+        "--input-chars", type=int, default=300, help="characters of input per task (300)"
+    )
+    common.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    common.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parts = parser.add_subparsers(dest="part", required=True)
+
+    compare = parts.add_parser("ceiling-vs-taskpool", parents=[common])
+    compare.add_argument("--tasks", type=int, default=500, help="tasks (500)")
+    compare.add_argument("--window", type=int, default=50, help="in flight (50)")
+
+    util = parts.add_parser("utilisation", parents=[common])
+    util.add_argument("--windows", type=int, nargs="+", default=[10, 100], help="W (10 100)")
+    util.add_argument("--latency", type=float, default=1.0, help="model latency, s (1)")
+    util.add_argument("--rounds", type=int, default=20, help="tasks = rounds x W ... (20)")
+    util.add_argument("--max-tasks", type=int, default=500, help="... at most this (500)")
+    util.add_argument("--ceiling-rate", type=float, help="known ceiling, tasks/s (else measured)")
+
+    rss = parts.add_parser("rss", parents=[common])
+    rss.add_argument("--tasks", type=int, default=300, help="tasks (300)")
+    rss.add_argument("--window", type=int, default=100, help="in flight (100)")
+    rss.add_argument(
+        "--latency",
+        type=float,
+        default=RSS_LATENCY,
+        help=f"model latency, s ({RSS_LATENCY:g}: long enough for W calls at once)",
+    )
+
+    hist = parts.add_parser("history", parents=[common])
+    hist.add_argument(
+        "--history-tasks", type=int, default=HISTORY_TARGET_TASKS, help="tasks (10000)"
+    )
+    hist.add_argument("--window", type=int, default=50, help="in flight (50)")
+    hist.add_argument(
+        "--probe-tasks",
+        type=int,
+        default=HISTORY_TARGET_TASKS,
+        help="also try to start this many tasks without running them; 0 skips (10000)",
+    )
+
+    every = parts.add_parser("all", parents=[common])
+    every.add_argument("--tasks", type=int, default=500, help="ceiling-vs-taskpool tasks (500)")
+    every.add_argument("--window", type=int, default=50, help="ceiling-vs-taskpool W (50)")
+    every.add_argument(
+        "--history-tasks", type=int, default=HISTORY_TARGET_TASKS, help="history tasks (10000)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("tasks", "history_tasks", "input_chars"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    # The batch workflow's own bound (BatchOptions.concurrency).
+    for window in [getattr(args, "window", 1), *getattr(args, "windows", [])]:
+        if not 1 <= window <= 1000:
+            parser.error("windows must be within 1..1000")
+    return args
+
+
+async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
+    if args.part == "ceiling-vs-taskpool":
+        return [await ceiling_vs_taskpool(args.tasks, args.window, common)]
+    if args.part == "utilisation":
+        return [
+            await utilisation(
+                args.windows, args.latency, args.rounds, args.max_tasks, args.ceiling_rate, common
+            )
+        ]
+    if args.part == "rss":
+        return [await worker_rss(args.tasks, args.window, args.latency, common)]
+    if args.part == "history":
+        return [await history(args.history_tasks, args.window, args.probe_tasks, common)]
+    compared = await ceiling_vs_taskpool(args.tasks, args.window, common)
+    ceiling_rate = float(compared.data["ceiling"]["tasks_per_s"])
+    return [
+        compared,
+        await utilisation([10, 100], 1.0, 20, 500, ceiling_rate, common),
+        await worker_rss(300, 100, RSS_LATENCY, common),
+        await history(args.history_tasks, 50, HISTORY_TARGET_TASKS, common),
+    ]
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    pragmas = parse_pairs(args.pragma, "--pragma")
+    common = Common(pragmas=pragmas, input_chars=args.input_chars)
+    command = command_line()
+    for section in asyncio.run(run_parts(args, common)):
+        print(f"## {section.title}\n\n{section.body}\n")
+        if args.json:
+            print(json.dumps(section.data, indent=2, sort_keys=True, default=str))
+        if not args.no_record:
+            append_result(section.title, section.body, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
