@@ -33,6 +33,34 @@ from taskpool.models import (
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
 
 
+# The batch carries its task definitions in its start input and its continue-as-new state, whose
+# payloads Temporal caps at 2 MB. Starting at half that leaves room for what the state adds per task
+# as the batch runs (attempts, errors).
+MAX_START_BYTES = 1_000_000
+
+
+class BatchTooLargeError(ValueError):
+    def __init__(self, size: int, tasks: int) -> None:
+        per_task = max(size // max(tasks, 1), 1)
+        fits = max(MAX_START_BYTES // per_task, 1)
+        super().__init__(
+            f"the batch's {tasks} task definitions take {size / 1e6:.1f} MB, over the "
+            f"{MAX_START_BYTES / 1e6:.0f} MB a batch can carry today; split the file into "
+            f"batches of at most about {fits} tasks like these"
+        )
+
+
+def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> BatchRun:
+    """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits."""
+    run = BatchRun(
+        tasks=[TaskEntry(spec=spec) for spec in tasks], options=options or BatchOptions()
+    )
+    size = len(run.model_dump_json())
+    if size > MAX_START_BYTES:
+        raise BatchTooLargeError(size, len(tasks))
+    return run
+
+
 async def start_batch(
     client: Client,
     batch_id: str,
@@ -44,9 +72,7 @@ async def start_batch(
 ) -> WorkflowHandle[object, BatchResult]:
     """Start the batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished
     batch already used (its children's ids and store records would be shared)."""
-    run = BatchRun(
-        tasks=[TaskEntry(spec=spec) for spec in tasks], options=options or BatchOptions()
-    )
+    run = batch_run(tasks, options)
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         run,

@@ -341,6 +341,24 @@ async def test_bad_input_files_start_nothing(
         await assert_never_started(client, id_)
 
 
+async def test_a_batch_too_large_to_carry_is_refused_before_it_starts(
+    env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    text = "word " * 400
+    large = write_jsonl(
+        tmp_path / "large.jsonl", *({"id": f"doc-{i}", "input": text} for i in range(600))
+    )
+    batch_id = f"large-{uuid.uuid4().hex[:8]}"
+
+    run = await starter(env, "start", str(large), "--batch-id", batch_id)
+
+    assert run.code == 2, run.out + run.err
+    assert f"{large}: the batch's 600 task definitions take" in run.err
+    assert "split the file into batches of at most about" in run.err
+    assert "Traceback" not in run.err
+    await assert_never_started(client, batch_id)
+
+
 async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, str]) -> None:
     unknown = f"no-such-batch-{uuid.uuid4().hex[:8]}"
     offline = env | {"TEMPORAL_ADDRESS": "127.0.0.1:1"}

@@ -126,6 +126,10 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         options.concurrency = args.concurrency
     task_queue = args.task_queue or ctx.settings().task_queue
+    try:
+        batches.batch_run(specs, options)
+    except batches.BatchTooLargeError as err:
+        raise CliError(f"{source}: {err}", USAGE) from None
     client = await ctx.client()
     try:
         await batches.start_batch(
