@@ -296,6 +296,9 @@ class BatchStatus(_Model):
     progress_percent: float
     paused: bool
     pause_reason: str | None = None
+    # Whether every running task has been told the current pause state (a pause reaches running
+    # tasks a moment after the batch; from then on none starts another model call).
+    pause_delivered: bool = True
     cancel_reason: str | None = None
     usage: TokenUsage
     llm_calls: int

@@ -59,16 +59,18 @@ async def test_pause_stops_new_model_calls_until_resume(
         assert status.paused
         assert status.state is BatchState.PAUSED
         assert status.pause_reason == "quota check"
+        assert status.pause_delivered
         # A child started just before the pause may hold its slot, paused before its first turn.
         assert scripted.in_flight == 0
 
     await eventually(drained)
+    at_pause = await batch_status(client, batch_id)
     requests_when_paused = scripted.total_requests
     # Absence of calls can only be observed over a window: nothing may start within it.
     await asyncio.sleep(1.5)
     status = await batch_status(client, batch_id)
     assert scripted.total_requests == requests_when_paused
-    assert status.counts["queued"] > 0
+    assert status.counts["queued"] == at_pause.counts["queued"] > 0
     assert status.counts["completed"] == requests_when_paused
 
     await resume_batch(client, batch_id)

@@ -11,7 +11,15 @@ from temporalio.client import Client
 
 from taskpool import names
 from taskpool.batches import batch_status, pause_batch, resume_batch, start_batch
-from taskpool.models import AgentSettings, BatchOptions, BatchState, EventType, TaskStatus
+from taskpool.models import (
+    AgentSettings,
+    BatchOptions,
+    BatchState,
+    EventType,
+    TaskPage,
+    TasksQuery,
+    TaskStatus,
+)
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
@@ -99,21 +107,35 @@ async def test_pause_survives_a_worker_crash(
     async def paused_and_idle() -> None:
         status = await batch_status(client, batch_id)
         assert status.state is BatchState.PAUSED
+        assert status.pause_delivered
         assert scripted.in_flight == 0
 
     await eventually(paused_and_idle)
+    at_pause = await batch_status(client, batch_id)
+    queued = await task_ids(client, batch_id, TaskStatus.QUEUED)
+    running = await task_ids(client, batch_id, TaskStatus.ASSIGNED)
+    before = scripted.total_requests
     first.kill()
     spawn_worker()
-    before = scripted.total_requests
-    await asyncio.sleep(3)  # observation window: the new worker must not start any call
+    await asyncio.sleep(3)  # observation window: the new worker must not start any task
     status = await batch_status(client, batch_id)
     assert status.state is BatchState.PAUSED
     assert status.pause_reason == "before crash"
-    assert scripted.total_requests == before
+    assert status.counts["queued"] == at_pause.counts["queued"] == len(queued) > 0
+    # A turn a running task had already scheduled may still run; nothing else may.
+    late = {r.task_key.rsplit("/", 1)[-1] for r in scripted.requests[before:] if r.task_key}
+    assert late <= set(running)
 
     await resume_batch(client, batch_id)
     result = await asyncio.wait_for(handle.result(), timeout=120)
     assert result.counts["completed"] == 12
+
+
+async def task_ids(client: Client, batch_id: str, status: TaskStatus) -> list[str]:
+    page = await client.get_workflow_handle(batch_id).query(
+        names.TASKS, TasksQuery(status=status, limit=1000), result_type=TaskPage
+    )
+    return [view.id for view in page.items]
 
 
 async def _completed_at_least(client: Client, batch_id: str, n: int) -> None:

@@ -180,6 +180,7 @@ class BatchWorkflow:
             progress_percent=round(100.0 * table.finished_count / total, 2) if total else 100.0,
             paused=self._run.paused,
             pause_reason=self._run.pause_reason,
+            pause_delivered=self._children_paused == self._run.paused,
             cancel_reason=self._run.cancel_reason,
             usage=table.usage,
             llm_calls=table.llm_calls,
