@@ -21,8 +21,8 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from taskpool.settings import Settings
+from taskpool.sqlite_files import open_shared, transaction
 
 T = TypeVar("T")
 
@@ -44,7 +45,6 @@ DEFAULT_COMPLETION_ALLOWANCE = 256
 DEFAULT_POLL_SECONDS = 1.0
 MEMORY = ":memory:"
 BUDGET_FILE_NAME = "token-budget.db"
-BUSY_TIMEOUT_SECONDS = 30.0
 _MIN_WAIT_SECONDS = 0.001
 # Temporal splits a task queue's rate limit over its read partitions (4 unless the server's
 # matching.numTaskqueueReadPartitions says otherwise), each a token bucket that may burst.
@@ -337,43 +337,19 @@ class SqliteTokenBudget(_SlidingWindowBudget):
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # timeout is the busy timeout: writers in other processes wait their turn instead of failing.
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-    )
-    try:
-        # WAL: a reader never blocks the writer. NORMAL sync: a power cut may lose the last
-        # reservations, which only matters for the next minute.
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        with _transaction(conn):
-            for statement in _SCHEMA:
-                conn.execute(statement)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    # A power cut may lose the last reservations, which only matters for the next minute.
+    return open_shared(path, _create_schema)
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    # IMMEDIATE takes the write lock at once, so a transaction never upgrades a read lock midway,
-    # the one case the busy timeout cannot resolve.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
 
 
 def _reserve_row(
     conn: sqlite3.Connection, model: str, tokens: int, clock: Callable[[], float], limit: int
 ) -> Reservation | float:
-    with _transaction(conn):
+    with transaction(conn, "IMMEDIATE"):
         # Read inside the lock: a time read before waiting for it would date the row too early,
         # and it would leave the window before a full minute had passed.
         now = clock()
@@ -395,7 +371,7 @@ def _reserve_row(
 
 def _settle_row(conn: sqlite3.Connection, reservation: Reservation, tokens: int) -> None:
     # A row already gone has left the window: nothing is left to correct.
-    with _transaction(conn):
+    with transaction(conn, "IMMEDIATE"):
         conn.execute(
             "UPDATE token_window SET tokens = ? WHERE id = ? AND model = ?",
             (tokens, reservation.key, reservation.model),

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +25,7 @@ from taskpool.models import (
     TaskRecordUpdate,
     TaskStatus,
 )
+from taskpool.sqlite_files import open_shared, transaction
 from taskpool.store.common import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
@@ -44,7 +44,6 @@ from taskpool.store.common import (
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_SECONDS = 30.0
 # Well under SQLite's smallest default limit on bound parameters (999 before 3.32).
 _ID_CHUNK = 500
 
@@ -178,24 +177,8 @@ class SqliteTaskStore:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # timeout is SQLite's busy timeout; isolation_level=None leaves transactions to the explicit
-    # BEGIN/COMMIT below instead of sqlite3's guesses.
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL cannot corrupt the file and loses nothing when a process dies; only a
-        # power cut may drop the last commits. The store is a record for people and exports, the
-        # workflow stays the source of truth, so a sync per commit is not worth its cost.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        with _transaction(conn, "IMMEDIATE"):
-            _create_schema(conn)
-    except BaseException:
-        conn.close()
-        raise
+    conn = open_shared(path, _create_schema)
+    conn.row_factory = sqlite3.Row
     return conn
 
 
@@ -215,24 +198,12 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         )
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection, mode: str = "DEFERRED") -> Iterator[None]:
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 # --- Work done in the store's thread ---------------------------------------------------------
 
 
 def _register(conn: sqlite3.Connection, request: RegisterTasksRequest) -> None:
     specs = unique_specs(request.tasks)
-    with _transaction(conn, "IMMEDIATE"):
+    with transaction(conn, "IMMEDIATE"):
         existing = _existing_ids(conn, request.batch_id, [spec.id for spec in specs])
         new = [spec for spec in specs if spec.id not in existing]
         if not new:
@@ -259,7 +230,7 @@ def _existing_ids(conn: sqlite3.Connection, batch_id: str, task_ids: list[str]) 
 
 
 def _apply(conn: sqlite3.Connection, updates: Sequence[TaskRecordUpdate], now: datetime) -> None:
-    with _transaction(conn, "IMMEDIATE"):
+    with transaction(conn, "IMMEDIATE"):
         for update in updates:
             values = update_assignments(update, now)
             assignments = ", ".join(f"{_column(name)} = ?" for name in values)
@@ -288,7 +259,7 @@ def _column(name: str) -> str:
 def _get_task(
     conn: sqlite3.Connection, batch_id: str, task_id: str, with_events: bool
 ) -> TaskRecord | None:
-    with _transaction(conn):
+    with transaction(conn):
         row = conn.execute(
             f"{_TASKS} WHERE batch_id = ? AND task_id = ?", (batch_id, task_id)
         ).fetchone()
@@ -320,7 +291,7 @@ def _list_tasks(
             "WHERE e.batch_id = ? AND t.status = ? ORDER BY e.seq"
         )
     # One read transaction, so tasks and their events come from the same snapshot.
-    with _transaction(conn):
+    with transaction(conn):
         rows = conn.execute(f"{_TASKS} {task_filter} ORDER BY seq", params).fetchall()
         events: dict[str, list[TaskEvent]] = {}
         if with_events and rows:
