@@ -17,8 +17,11 @@ import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from taskpool.devserver import (
+    DURABLE_SQLITE_PRAGMAS,
+    THROUGHPUT_DYNAMIC_CONFIG,
     DevServer,
     DevServerError,
     DevServerOptions,
@@ -73,8 +76,12 @@ async def test_persists_across_restart_and_leaves_no_process(tmp_path: Path) -> 
     options = DevServerOptions(
         db_file=tmp_path / "temporal.db",
         search_attributes={"TaskpoolProbe": "Keyword"},
+        # The settings the benchmarks recommend must keep both durability and search attributes.
+        sqlite_pragmas=DURABLE_SQLITE_PRAGMAS,
+        dynamic_config=THROUGHPUT_DYNAMIC_CONFIG,
         log_file=tmp_path / "server.log",
     )
+    probe = SearchAttributeKey.for_keyword("TaskpoolProbe")
     workflow_id = f"devserver-test-{uuid.uuid4()}"
 
     async with DevServer(options) as server:
@@ -90,7 +97,12 @@ async def test_persists_across_restart_and_leaves_no_process(tmp_path: Path) -> 
             listed.custom_attributes["TaskpoolProbe"] == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
         )
         # No worker polls this queue: the workflow stays running, stored only in the database.
-        await client.start_workflow("NoSuchWorkflow", id=workflow_id, task_queue="nobody-polls")
+        await client.start_workflow(
+            "NoSuchWorkflow",
+            id=workflow_id,
+            task_queue="nobody-polls",
+            search_attributes=TypedSearchAttributes([SearchAttributePair(probe, "probe-value")]),
+        )
         first_address = server.address
 
     assert_process_group_gone(first_pid)
@@ -101,6 +113,7 @@ async def test_persists_across_restart_and_leaves_no_process(tmp_path: Path) -> 
         description = await client.get_workflow_handle(workflow_id).describe()
         assert description.workflow_type == "NoSuchWorkflow"
         assert description.status == WorkflowExecutionStatus.RUNNING
+        assert description.typed_search_attributes.get(probe) == "probe-value"
         second_pid = server.pid
     assert_process_group_gone(second_pid)
 
