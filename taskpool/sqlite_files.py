@@ -4,6 +4,7 @@ opened and how a transaction runs."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ def open_shared(path: Path, prepare: Callable[[sqlite3.Connection], None]) -> sq
         # WAL: readers never block the writer. In WAL mode NORMAL cannot corrupt the file and
         # loses nothing when a process dies; only a power cut may drop the last commits, which
         # both users of this module can afford (the workflow is the source of truth).
-        conn.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         with transaction(conn, "IMMEDIATE"):
             prepare(conn)
@@ -34,6 +35,21 @@ def open_shared(path: Path, prepare: Callable[[sqlite3.Connection], None]) -> sq
         conn.close()
         raise
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Switching a new file to WAL takes an exclusive lock that SQLite's busy timeout does not
+    wait for, so processes opening a fresh file together (workers starting at once) retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
 
 
 @contextmanager
