@@ -25,7 +25,13 @@ from typing import Literal
 
 from temporalio.client import Client
 
-from taskpool.devserver import DevServer, DevServerOptions, is_reachable
+from taskpool.devserver import (
+    DURABLE_SQLITE_PRAGMAS,
+    THROUGHPUT_DYNAMIC_CONFIG,
+    DevServer,
+    DevServerOptions,
+    is_reachable,
+)
 from taskpool.logging_setup import configure_logging
 from taskpool.names import SEARCH_ATTRIBUTES
 from taskpool.settings import Settings
@@ -81,6 +87,10 @@ async def embedded_environment(
                         for key in SEARCH_ATTRIBUTES
                     },
                     log_file=data_dir / "temporal-server.log",
+                    # WAL with full sync keeps every commit durable and about doubles what the
+                    # server sustains here (bench/NOTES-ceiling.md).
+                    sqlite_pragmas=DURABLE_SQLITE_PRAGMAS,
+                    dynamic_config=THROUGHPUT_DYNAMIC_CONFIG,
                 )
             )
             announce(f"Temporal: starting a dev server (state in {data_dir / 'temporal.db'}) ...")
