@@ -71,7 +71,12 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=[BatchWorkflow, TaskWorkflow],
-        activities=[llm.chat_turn, lifecycle.register_tasks, lifecycle.record_tasks],
+        activities=[
+            llm.chat_turn,
+            lifecycle.register_tasks,
+            lifecycle.load_task,
+            lifecycle.record_tasks,
+        ],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=settings.max_cached_workflows,
         # The server enforces this across every worker polling the queue. chat_turn is the only

@@ -169,7 +169,7 @@ def phases(args: argparse.Namespace) -> list[Phase]:
 
 
 async def run_phases(
-    args: argparse.Namespace, address: str, queue: str, planned: list[Phase]
+    args: argparse.Namespace, address: str, queue: str, store_url: str, planned: list[Phase]
 ) -> list[Phase]:
     client = await connect({"TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default"})
     done: list[Phase] = []
@@ -183,6 +183,7 @@ async def run_phases(
             f"ratelimit-{uuid.uuid4().hex[:8]}",
             phase.tasks,
             task_queue=queue,
+            store=store_url,
             options=options,
         )
         result = await handle.result()
@@ -230,7 +231,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 # A stuck batch (a broken worker retries its workflow tasks forever) fails the
                 # run instead of hanging it.
                 async with asyncio.timeout(len(planned) * args.seconds * 2.5 + 60):
-                    done = await run_phases(args, server.address, queue, planned)
+                    done = await run_phases(
+                        args, server.address, queue, env["TASKPOOL_STORE"], planned
+                    )
             except TimeoutError:
                 tails = "\n".join(f"{log}:\n{log.read_text()[-1500:]}" for log in logs)
                 raise RuntimeError(

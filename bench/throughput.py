@@ -76,9 +76,10 @@ from taskpool.models import (
     BatchOptions,
     BatchResult,
     BatchRun,
-    TaskEntry,
     TaskSpec,
 )
+from taskpool.packing import pack
+from taskpool.scheduling import TaskEntry
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.temporal import connect
 
@@ -135,7 +136,7 @@ def documents(count: int, chars: int) -> list[TaskSpec]:
 
 def start_payload_bytes(specs: Sequence[TaskSpec]) -> int:
     """Size of the batch's start input as the client sends it (the same model start_batch sends)."""
-    run = BatchRun(tasks=[TaskEntry(spec=spec) for spec in specs])
+    run = BatchRun(tasks=pack([TaskEntry.from_spec(spec) for spec in specs]))
     (payload,) = pydantic_data_converter.payload_converter.to_payloads([run])
     return payload.ByteSize()
 
@@ -694,6 +695,7 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
                     batch_id,
                     specs,
                     task_queue=queue,
+                    store=env["TASKPOOL_STORE"],
                     options=BatchOptions(concurrency=plan.window, agent=AgentSettings(model=MODEL)),
                 )
                 result = await finish_or_stall(
@@ -995,7 +997,11 @@ async def probe_start(tasks: int, common: Common) -> str:
         client = await connect({"TEMPORAL_ADDRESS": server.address})
         try:
             handle = await start_batch(
-                client, f"probe-{uuid.uuid4().hex[:8]}", specs, task_queue="no-worker"
+                client,
+                f"probe-{uuid.uuid4().hex[:8]}",
+                specs,
+                task_queue="no-worker",
+                store=":memory:",
             )
         except RPCError as err:
             return f"start input {mb(size)}: the server rejected the start: {err.message[:200]}"

@@ -12,12 +12,14 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from temporalio.client import Client, WorkflowExecution  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
@@ -72,6 +74,7 @@ async def main() -> None:
                     batch_id,
                     specs,
                     task_queue=settings.task_queue,
+                    store=settings.store_url,
                     options=BatchOptions(concurrency=3, continue_as_new_after=4),
                 )
                 await pause_batch(client, batch_id, reason="recording")
@@ -81,9 +84,10 @@ async def main() -> None:
                 OUT.mkdir(parents=True, exist_ok=True)
                 for old in OUT.glob("*.json"):
                     old.unlink()
-                workflows = client.list_workflows(f"WorkflowId STARTS_WITH '{batch_id}'")
+                expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
+                executions = await listed_when_visible(client, batch_id, expected)
                 count = 0
-                async for execution in workflows:
+                for execution in executions:
                     history = await client.get_workflow_handle(
                         execution.id, run_id=execution.run_id
                     ).fetch_history()
@@ -93,6 +97,23 @@ async def main() -> None:
             await llm.close()
             await store.close()
     print(f"recorded {count} histories in {OUT.relative_to(ROOT)}")
+
+
+async def listed_when_visible(
+    client: Client, batch_id: str, expected: set[str]
+) -> list[WorkflowExecution]:
+    """Every run of every workflow of the batch, once visibility (eventually consistent) lists
+    each expected workflow id."""
+    deadline = time.monotonic() + 30
+    while True:
+        query = f"WorkflowId STARTS_WITH '{batch_id}'"
+        executions = [execution async for execution in client.list_workflows(query)]
+        if expected <= {execution.id for execution in executions}:
+            return executions
+        if time.monotonic() > deadline:
+            missing = sorted(expected - {execution.id for execution in executions})
+            raise RuntimeError(f"visibility never listed {missing}")
+        await asyncio.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
@@ -18,10 +18,10 @@ from taskpool.models import (
     CancelRequest,
     CancelTasksRequest,
     PauseRequest,
+    RegisterTasksRequest,
     ResumeRequest,
     RetryTasksRequest,
     SetConcurrencyRequest,
-    TaskEntry,
     TaskPage,
     TaskProgress,
     TaskSpec,
@@ -29,36 +29,57 @@ from taskpool.models import (
     TaskStatus,
     TaskView,
 )
+from taskpool.packing import pack
+from taskpool.scheduling import TaskEntry
+from taskpool.store import TaskStore, open_store
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
 
 
-# The batch carries its task definitions in its start input and its continue-as-new state, whose
-# payloads Temporal caps at 2 MB. Starting at half that leaves room for what the state adds per task
-# as the batch runs (attempts, errors).
+# Definitions go to the task store; the batch's start input and continue-as-new state carry only
+# the packed per-task state (ids, status, priority, ...), whose payload Temporal caps at 2 MB.
+# Starting at half that leaves room for what the state gains as the batch runs (errors, reasons).
 MAX_START_BYTES = 1_000_000
+REGISTER_CHUNK = 1000
 
 
 class BatchTooLargeError(ValueError):
     def __init__(self, size: int, tasks: int) -> None:
-        per_task = max(size // max(tasks, 1), 1)
-        fits = max(MAX_START_BYTES // per_task, 1)
+        per_task = max(size / max(tasks, 1), 0.001)
+        fits = max(int(MAX_START_BYTES / per_task), 1)
         super().__init__(
-            f"the batch's {tasks} task definitions take {size / 1e6:.1f} MB, over the "
-            f"{MAX_START_BYTES / 1e6:.0f} MB a batch can carry today; split the file into "
-            f"batches of at most about {fits} tasks like these"
+            f"the batch's {tasks} tasks pack to {size / 1e6:.1f} MB of state, over the "
+            f"{MAX_START_BYTES / 1e6:.0f} MB one batch can carry (long or random task ids take "
+            f"the most room); split the file into batches of at most about {fits} tasks like these"
         )
 
 
 def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> BatchRun:
     """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits."""
     run = BatchRun(
-        tasks=[TaskEntry(spec=spec) for spec in tasks], options=options or BatchOptions()
+        tasks=pack([TaskEntry.from_spec(spec) for spec in tasks]),
+        options=options or BatchOptions(),
     )
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
         raise BatchTooLargeError(size, len(tasks))
     return run
+
+
+async def register_definitions(store: TaskStore, batch_id: str, tasks: Sequence[TaskSpec]) -> None:
+    """Write the batch's task definitions to the store, where its task workflows read them.
+    Idempotent: a task the store already has for this batch is left as it is."""
+    at = datetime.now(UTC)
+    for start in range(0, len(tasks), REGISTER_CHUNK):
+        chunk = list(tasks[start : start + REGISTER_CHUNK])
+        await store.register_tasks(
+            RegisterTasksRequest(
+                batch_id=batch_id,
+                tasks=chunk,
+                initial_status={spec.id: TaskStatus.PENDING for spec in chunk},
+                at=at,
+            )
+        )
 
 
 async def start_batch(
@@ -67,12 +88,22 @@ async def start_batch(
     tasks: Sequence[TaskSpec],
     *,
     task_queue: str,
+    store: TaskStore | str,
     options: BatchOptions | None = None,
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
 ) -> WorkflowHandle[object, BatchResult]:
-    """Start the batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished
-    batch already used (its children's ids and store records would be shared)."""
+    """Register the definitions in `store` (the workers' task store, or its URL), then start the
+    batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished batch already
+    used (its children's ids and store records would be shared)."""
     run = batch_run(tasks, options)
+    if isinstance(store, str):
+        opened = open_store(store)
+        try:
+            await register_definitions(opened, batch_id, tasks)
+        finally:
+            await opened.close()
+    else:
+        await register_definitions(store, batch_id, tasks)
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         run,

@@ -145,27 +145,6 @@ class TaskProgress(_Model):
     eta_seconds: float | None = None
 
 
-# --- The batch's compact view of each task ------------------------------------------------------
-
-
-class TaskEntry(_Model):
-    """What the batch workflow keeps per task: enough to schedule and to answer queries.
-
-    The full record (input, result, events) lives in the task store.
-    """
-
-    spec: TaskSpec
-    status: TaskStatus = TaskStatus.PENDING
-    attempts: int = 0
-    retry_count: int = 0
-    error: TaskError | None = None
-    usage: TokenUsage = Field(default_factory=TokenUsage)
-    llm_calls: int = 0
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    status_reason: str | None = None
-
-
 # --- Workflow inputs -----------------------------------------------------------------------------
 
 
@@ -187,11 +166,23 @@ class BatchOptions(_Model):
     continue_as_new_after: int = Field(default=2000, ge=1)
 
 
+class PackedTasks(_Model):
+    """The batch's per-task state in one compressed payload (see taskpool.packing).
+
+    Definitions (input, label, kind, metadata) live in the task store; what is packed here is
+    what scheduling needs: ids, status, priority, attempts, dependencies, due times and errors.
+    """
+
+    encoding: str = "json+lzma+base64/1"
+    count: int = 0
+    data: str = ""
+
+
 class BatchRun(_Model):
     """Everything a batch run needs; the same model starts the batch and carries it across
-    continue-as-new."""
+    continue-as-new. Task definitions are in the task store before the batch starts."""
 
-    tasks: list[TaskEntry] = Field(default_factory=list)
+    tasks: PackedTasks = Field(default_factory=PackedTasks)
     options: BatchOptions = Field(default_factory=BatchOptions)
     paused: bool = False
     pause_reason: str | None = None
@@ -199,11 +190,17 @@ class BatchRun(_Model):
     started_at: datetime | None = None
     run_number: int = 1
     registered: bool = False
+    # Totals over every task, which the packed per-task state does not repeat.
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    recent_failures: list[str] = Field(default_factory=list)
 
 
 class TaskRunInput(_Model):
+    """A task child's input: which task (its definition is read from the store) and attempt."""
+
     batch_id: str
-    spec: TaskSpec
+    task_id: str
     attempt: int = 1
     agent: AgentSettings = Field(default_factory=AgentSettings)
 
@@ -264,20 +261,27 @@ class SetConcurrencyRequest(_Lenient):
 
 
 class TaskView(_Model):
+    """A task as the batch sees it. Label, kind, usage and timestamps come from the task store
+    (the batch keeps only what scheduling needs); the batch's own queries leave them unset."""
+
     id: str
-    label: str
-    kind: str
+    label: str | None = None
+    kind: str | None = None
     priority: Priority
     status: TaskStatus
     attempts: int
     retry_count: int
     error: TaskError | None = None
-    usage: TokenUsage
-    llm_calls: int
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
     status_reason: str | None = None
     depends_on: list[str] = Field(default_factory=list)
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.id
 
 
 class TaskPage(_Model):
@@ -315,10 +319,17 @@ class BatchResult(_Model):
     usage: TokenUsage
 
 
+class TaskRef(_Model):
+    task_id: str
+    attempt: int
+
+
 class ChildControl(_Lenient):
-    """The batch's instruction to one of its task children: pause or resume its agent loop."""
+    """The batch's instruction to one of its task children: pause or resume its agent loop, and
+    (sent before the batch continues as new) report the outcome by signal from now on."""
 
     paused: bool
+    report_by_signal: bool = False
 
 
 # --- Activities ----------------------------------------------------------------------------------
@@ -397,6 +408,11 @@ class RecordTasksRequest(_Model):
     """Lifecycle writes, several tasks or several changes at once to keep activities few."""
 
     updates: list[TaskRecordUpdate]
+
+
+class LoadTaskRequest(_Model):
+    batch_id: str
+    task_id: str
 
 
 class RegisterTasksRequest(_Model):

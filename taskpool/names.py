@@ -21,8 +21,10 @@ ADD_TASKS = "add_tasks"
 RETRY_TASKS = "retry_tasks"
 CANCEL_TASKS = "cancel_tasks"
 SET_CONCURRENCY = "set_concurrency"
-# Internal: a task child reports its outcome to the batch.
+# Internal: a task child adopted from an earlier run reports its outcome to the batch, and
+# confirms it will (see workflows/batch.py, "hand-over").
 TASK_FINISHED = "task_finished"
+TASK_HANDED_OVER = "task_handed_over"
 
 # Task child signal and query.
 CONTROL = "control"
@@ -32,6 +34,7 @@ TASK_PROGRESS = "progress"
 # Activities.
 CHAT_TURN = "chat_turn"
 REGISTER_TASKS = "register_tasks"
+LOAD_TASK = "load_task"
 RECORD_TASKS = "record_tasks"
 
 BATCH_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("TaskpoolBatchState")

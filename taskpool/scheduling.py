@@ -13,12 +13,14 @@ from __future__ import annotations
 import heapq
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from taskpool.lifecycle import transition
 from taskpool.models import (
     TERMINAL_STATUSES,
-    TaskEntry,
+    Priority,
+    TaskError,
     TaskOutcome,
     TaskSpec,
     TaskStatus,
@@ -31,8 +33,43 @@ IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
 RECENT_FAILURES = 5
 
 
+@dataclass(slots=True)
+class TaskEntry:
+    """What the batch keeps per task: enough to schedule and to answer queries, and no more, so
+    a batch of a million tasks fits in memory and (packed) in one payload. The definition
+    (input, label, kind, metadata), results, usage and timestamps live in the task store."""
+
+    id: str
+    priority: Priority = Priority.NORMAL
+    depends_on: tuple[str, ...] = ()
+    scheduled_for: datetime | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    retry_count: int = 0
+    error: TaskError | None = field(default=None)
+    status_reason: str | None = None
+    # When the batch started the task's current attempt; kept while it runs, for watchers.
+    started_at: datetime | None = None
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec) -> TaskEntry:
+        return cls(
+            id=spec.id,
+            priority=spec.priority,
+            depends_on=tuple(spec.depends_on),
+            scheduled_for=spec.scheduled_for,
+        )
+
+
 class TaskTable:
-    def __init__(self, entries: Iterable[TaskEntry]) -> None:
+    def __init__(
+        self,
+        entries: Iterable[TaskEntry],
+        *,
+        usage: TokenUsage | None = None,
+        llm_calls: int = 0,
+        recent_failures: Iterable[str] = (),
+    ) -> None:
         self.entries: list[TaskEntry] = []
         self._by_id: dict[str, TaskEntry] = {}
         self._order: dict[str, int] = {}
@@ -40,10 +77,10 @@ class TaskTable:
         self._ready: list[tuple[int, int, str]] = []
         self._scheduled: list[tuple[datetime, int, str]] = []
         self.counts: Counter[TaskStatus] = Counter()
-        self.usage = TokenUsage()
-        self.llm_calls = 0
+        self.usage = usage or TokenUsage()
+        self.llm_calls = llm_calls
         # The latest failures, newest last, so a status needs no scan of the whole table.
-        self.recent_failures: deque[str] = deque(maxlen=RECENT_FAILURES)
+        self.recent_failures: deque[str] = deque(recent_failures, maxlen=RECENT_FAILURES)
         for entry in entries:
             self._index(entry)
 
@@ -86,22 +123,22 @@ class TaskTable:
 
     def add(self, specs: Iterable[TaskSpec], now: datetime) -> dict[str, TaskStatus]:
         """Add new tasks and move each out of `pending`; returns their first status."""
-        added = [TaskEntry(spec=spec) for spec in specs]
+        added = [TaskEntry.from_spec(spec) for spec in specs]
         for entry in added:
             self._index(entry)
         for entry in added:
             self._settle_new(entry, now)
-        return {entry.spec.id: entry.status for entry in added}
+        return {entry.id: entry.status for entry in added}
 
-    def settle_pending(self, now: datetime) -> dict[str, TaskStatus]:
+    def settle_pending(self, now: datetime) -> list[TaskEntry]:
         """Move every `pending` task to its first status (a batch's first run does this)."""
         pending = list(self.with_status(S.PENDING))
         for entry in pending:
             self._settle_new(entry, now)
-        return {entry.spec.id: entry.status for entry in pending}
+        return pending
 
     def _settle_new(self, entry: TaskEntry, now: datetime) -> None:
-        due = entry.spec.scheduled_for
+        due = entry.scheduled_for
         if due is not None and due > now:
             self._move(entry, S.SCHEDULED)
             return
@@ -162,22 +199,17 @@ class TaskTable:
         # The child enforced the lifecycle on its side (assigned, in_progress, ...); the batch
         # mirrors where it ended.
         self._set(entry, outcome.status)
-        entry.error = outcome.error
-        entry.usage = entry.usage + outcome.usage
-        entry.llm_calls += outcome.llm_calls
-        entry.started_at = outcome.started_at or entry.started_at
-        entry.completed_at = outcome.completed_at
+        entry.error = _compact_error(outcome.error)
         self.usage = self.usage + outcome.usage
         self.llm_calls += outcome.llm_calls
         if outcome.status is S.FAILED:
-            self.recent_failures.append(entry.spec.id)
+            self.recent_failures.append(entry.id)
         return self._after_finish(entry, now)
 
     def cancel(self, entry: TaskEntry, reason: str, now: datetime) -> list[TaskEntry]:
         """Cancel a task that is not running; returns every task cancelled (with dependents)."""
         self._move(entry, S.CANCELLED)
         entry.status_reason = reason
-        entry.completed_at = now
         return [entry, *self._after_finish(entry, now)]
 
     def retry(self, entry: TaskEntry) -> list[TaskEntry]:
@@ -186,7 +218,6 @@ class TaskTable:
         entry.retry_count += 1
         entry.error = None
         entry.status_reason = None
-        entry.completed_at = None
         if self._unmet_dependencies(entry):
             self._move(entry, S.BLOCKED)
         return [entry]
@@ -196,7 +227,7 @@ class TaskTable:
         cancelled: list[TaskEntry] = []
         for entry in stuck:
             if entry.status is S.BLOCKED:
-                failed = [d for d in entry.spec.depends_on if self._by_id[d].status is S.FAILED]
+                failed = [d for d in entry.depends_on if self._by_id[d].status is S.FAILED]
                 cancelled += self.cancel(entry, f"dependency {', '.join(failed)} failed", now)
         return cancelled
 
@@ -208,44 +239,34 @@ class TaskTable:
         return [self.view(e) for e in entries if e.status is S.FAILED]
 
     def view(self, entry: TaskEntry) -> TaskView:
-        spec = entry.spec
         return TaskView(
-            id=spec.id,
-            label=spec.display_label,
-            kind=spec.kind,
-            priority=spec.priority,
+            id=entry.id,
+            priority=entry.priority,
             status=entry.status,
             attempts=entry.attempts,
             retry_count=entry.retry_count,
             error=entry.error,
-            usage=entry.usage,
-            llm_calls=entry.llm_calls,
-            started_at=entry.started_at,
-            completed_at=entry.completed_at,
             status_reason=entry.status_reason,
-            depends_on=spec.depends_on,
+            depends_on=list(entry.depends_on),
+            started_at=entry.started_at if entry.status in IN_FLIGHT_STATUSES else None,
         )
 
     # --- internals --------------------------------------------------------------------------------
 
     def _index(self, entry: TaskEntry) -> None:
-        task_id = entry.spec.id
+        task_id = entry.id
         if task_id in self._by_id:
             raise ValueError(f"task id {task_id!r} is already in the batch")
         self._order[task_id] = len(self.entries)
         self.entries.append(entry)
         self._by_id[task_id] = entry
-        for dependency in entry.spec.depends_on:
+        for dependency in entry.depends_on:
             self._dependents.setdefault(dependency, []).append(task_id)
         self.counts[entry.status] += 1
-        if entry.status is S.FAILED:
-            self.recent_failures.append(task_id)
-        self.usage = self.usage + entry.usage
-        self.llm_calls += entry.llm_calls
         self._track(entry)
 
     def _move(self, entry: TaskEntry, target: TaskStatus) -> None:
-        self._set(entry, transition(entry.spec.id, entry.status, target))
+        self._set(entry, transition(entry.id, entry.status, target))
 
     def _set(self, entry: TaskEntry, status: TaskStatus) -> None:
         self.counts[entry.status] -= 1
@@ -254,35 +275,45 @@ class TaskTable:
         self._track(entry)
 
     def _track(self, entry: TaskEntry) -> None:
-        order = self._order[entry.spec.id]
+        order = self._order[entry.id]
         if entry.status is S.QUEUED:
-            heapq.heappush(self._ready, (-entry.spec.priority.rank, order, entry.spec.id))
-        elif entry.status is S.SCHEDULED and entry.spec.scheduled_for is not None:
-            heapq.heappush(self._scheduled, (entry.spec.scheduled_for, order, entry.spec.id))
+            heapq.heappush(self._ready, (-entry.priority.rank, order, entry.id))
+        elif entry.status is S.SCHEDULED and entry.scheduled_for is not None:
+            heapq.heappush(self._scheduled, (entry.scheduled_for, order, entry.id))
 
     def _unmet_dependencies(self, entry: TaskEntry) -> list[str]:
         return [
             dependency
-            for dependency in entry.spec.depends_on
+            for dependency in entry.depends_on
             if dependency not in self._by_id or self._by_id[dependency].status is not S.COMPLETED
         ]
 
     def _blocked_for_good(self, entry: TaskEntry) -> bool:
         """Blocked on a failed dependency that nothing will rerun."""
-        return any(
-            self._by_id[d].status is S.FAILED for d in entry.spec.depends_on if d in self._by_id
-        )
+        return any(self._by_id[d].status is S.FAILED for d in entry.depends_on if d in self._by_id)
 
     def _after_finish(self, finished: TaskEntry, now: datetime) -> list[TaskEntry]:
         changed: list[TaskEntry] = []
-        for task_id in self._dependents.get(finished.spec.id, []):
+        for task_id in self._dependents.get(finished.id, []):
             dependent = self._by_id[task_id]
             if dependent.status is not S.BLOCKED:
                 continue
             if finished.status is S.CANCELLED:
-                reason = f"dependency {finished.spec.id} was cancelled"
+                reason = f"dependency {finished.id} was cancelled"
                 changed += self.cancel(dependent, reason, now)
             elif finished.status is S.COMPLETED and not self._unmet_dependencies(dependent):
                 self._move(dependent, S.QUEUED)
                 changed.append(dependent)
         return changed
+
+
+# An error's message is for people reading a status; the store keeps it whole. The batch keeps a
+# bounded prefix so that many failures cannot outgrow its state.
+ERROR_MESSAGE_LIMIT = 300
+
+
+def _compact_error(error: TaskError | None) -> TaskError | None:
+    if error is None or len(error.message) <= ERROR_MESSAGE_LIMIT:
+        return error
+    message = error.message[: ERROR_MESSAGE_LIMIT - 1] + "…"
+    return error.model_copy(update={"message": message})

@@ -19,7 +19,9 @@ async def run_batch(
     client: Client, settings: Settings, batch_id: str, *task_ids: str
 ) -> tuple[BatchState, dict[str, int]]:
     specs = [TaskSpec(id=t, input=f"Some text for {t} to summarise.") for t in task_ids]
-    handle = await start_batch(client, batch_id, specs, task_queue=settings.task_queue)
+    handle = await start_batch(
+        client, batch_id, specs, task_queue=settings.task_queue, store=settings.store_url
+    )
     result = await handle.result()
     return result.state, result.counts
 

@@ -49,6 +49,7 @@ async def test_pause_stops_new_model_calls_until_resume(
         batch_id,
         documents(15),
         task_queue=settings.task_queue,
+        store=settings.store_url,
         options=BatchOptions(concurrency=3),
     )
     await wait_for_completed(client, batch_id, 3)
@@ -93,7 +94,11 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
     # The first turn only starts the task; the second would complete it.
     scripted.script("slow", Reply(tool_calls=[ToolCallSpec("start_task", {})]))
     handle = await start_batch(
-        client, batch_id, [TaskSpec(id="slow", input="text")], task_queue=settings.task_queue
+        client,
+        batch_id,
+        [TaskSpec(id="slow", input="text")],
+        task_queue=settings.task_queue,
+        store=settings.store_url,
     )
 
     async def first_turn_running() -> None:
@@ -123,6 +128,7 @@ async def test_cancel_stops_running_children_and_cancels_queued_tasks(
         batch_id,
         documents(8),
         task_queue=settings.task_queue,
+        store=settings.store_url,
         options=BatchOptions(concurrency=3),
     )
 
@@ -162,6 +168,7 @@ async def test_request_cancellation_from_temporal_behaves_like_cancel(
         batch_id,
         documents(4),
         task_queue=settings.task_queue,
+        store=settings.store_url,
         options=BatchOptions(concurrency=2),
     )
 
@@ -194,6 +201,7 @@ async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
         batch_id,
         specs,
         task_queue=settings.task_queue,
+        store=settings.store_url,
         options=BatchOptions(concurrency=4, continue_as_new_after=5),
     )
     result = await handle.result()

@@ -31,7 +31,12 @@ async def test_batch_completes_within_the_concurrency_limit(
     scripted.latency = 0.3
     specs = documents(30)
     handle = await start_batch(
-        client, batch_id, specs, task_queue=settings.task_queue, options=BatchOptions(concurrency=5)
+        client,
+        batch_id,
+        specs,
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+        options=BatchOptions(concurrency=5),
     )
     result = await handle.result()
 
@@ -70,6 +75,7 @@ async def test_a_batch_completes_when_every_workflow_task_replays_from_history(
                 batch_id,
                 documents(12),
                 task_queue=settings.task_queue,
+                store=settings.store_url,
                 options=BatchOptions(concurrency=3, continue_as_new_after=4),
             )
             await pause_batch(client, batch_id, reason="replay check")

@@ -51,7 +51,12 @@ async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
     specs = documents(20)
     first = spawn_worker()
     handle = await start_batch(
-        client, batch_id, specs, task_queue=settings.task_queue, options=FAST_RECOVERY
+        client,
+        batch_id,
+        specs,
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+        options=FAST_RECOVERY,
     )
 
     async def some_done_and_calls_in_flight() -> None:
@@ -99,7 +104,12 @@ async def test_pause_survives_a_worker_crash(
     scripted.latency = 0.3
     first = spawn_worker()
     handle = await start_batch(
-        client, batch_id, documents(12), task_queue=settings.task_queue, options=FAST_RECOVERY
+        client,
+        batch_id,
+        documents(12),
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+        options=FAST_RECOVERY,
     )
     await eventually(lambda: _completed_at_least(client, batch_id, 2))
     await pause_batch(client, batch_id, reason="before crash")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from taskpool.models import Priority, TaskEntry, TaskOutcome, TaskSpec, TaskStatus
-from taskpool.scheduling import TaskTable
+from taskpool.models import Priority, TaskOutcome, TaskSpec, TaskStatus
+from taskpool.scheduling import TaskEntry, TaskTable
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def table_of(*specs: TaskSpec) -> TaskTable:
-    table = TaskTable(TaskEntry(spec=spec) for spec in specs)
+    table = TaskTable(TaskEntry.from_spec(spec) for spec in specs)
     table.settle_pending(NOW)
     return table
 
@@ -35,7 +35,7 @@ def test_ready_tasks_run_by_priority_then_order() -> None:
         spec("d"),
         spec("e", priority="high"),
     )
-    taken = [e.spec.id for e in table.take_ready(10)]
+    taken = [e.id for e in table.take_ready(10)]
     assert taken == ["c", "e", "b", "d", "a"]
     assert all(table.get(t).status is TaskStatus.ASSIGNED for t in taken)  # type: ignore[union-attr]
     assert table.in_flight == 5
@@ -43,7 +43,7 @@ def test_ready_tasks_run_by_priority_then_order() -> None:
 
 def test_take_ready_respects_the_limit_and_counts_attempts() -> None:
     table = table_of(*(spec(f"t{i}") for i in range(5)))
-    assert [e.spec.id for e in table.take_ready(2)] == ["t0", "t1"]
+    assert [e.id for e in table.take_ready(2)] == ["t0", "t1"]
     assert table.counts[TaskStatus.QUEUED] == 3
     assert table.get("t0").attempts == 1  # type: ignore[union-attr]
 
@@ -51,9 +51,9 @@ def test_take_ready_respects_the_limit_and_counts_attempts() -> None:
 def test_dependencies_block_until_completed() -> None:
     table = table_of(spec("child", depends_on=["parent"]), spec("parent"))
     assert table.get("child").status is TaskStatus.BLOCKED  # type: ignore[union-attr]
-    assert [e.spec.id for e in table.take_ready(10)] == ["parent"]
+    assert [e.id for e in table.take_ready(10)] == ["parent"]
     finish(table, "parent", TaskStatus.COMPLETED)
-    assert [e.spec.id for e in table.take_ready(10)] == ["child"]
+    assert [e.id for e in table.take_ready(10)] == ["child"]
 
 
 def test_failed_dependency_blocks_until_nothing_else_can_run() -> None:
@@ -63,7 +63,7 @@ def test_failed_dependency_blocks_until_nothing_else_can_run() -> None:
     assert table.get("child").status is TaskStatus.BLOCKED  # type: ignore[union-attr]
     assert not table.can_progress()
     cancelled = table.cancel_blocked_for_good(NOW)
-    assert [e.spec.id for e in cancelled] == ["child"]
+    assert [e.id for e in cancelled] == ["child"]
     assert table.get("child").status_reason == "dependency parent failed"  # type: ignore[union-attr]
 
 
@@ -76,7 +76,7 @@ def test_retrying_a_failed_dependency_unblocks_its_dependents() -> None:
     table.retry(parent)
     assert parent.retry_count == 1
     assert parent.status is TaskStatus.QUEUED
-    assert [e.spec.id for e in table.take_ready(10)] == ["parent"]
+    assert [e.id for e in table.take_ready(10)] == ["parent"]
     assert parent.attempts == 2
     finish(table, "parent", TaskStatus.COMPLETED)
     assert table.get("child").status is TaskStatus.QUEUED  # type: ignore[union-attr]
@@ -87,7 +87,7 @@ def test_cancelled_dependency_cancels_dependents_transitively() -> None:
     a = table.get("a")
     assert a is not None
     cancelled = table.cancel(a, "not needed", NOW)
-    assert [e.spec.id for e in cancelled] == ["a", "b", "c"]
+    assert [e.id for e in cancelled] == ["a", "b", "c"]
     assert table.counts[TaskStatus.CANCELLED] == 3
 
 
@@ -98,7 +98,7 @@ def test_scheduled_tasks_wait_for_their_time() -> None:
     assert table.next_due() == later
     assert table.release_due(NOW) == []
     released = table.release_due(later)
-    assert [e.spec.id for e in released] == ["soon"]
+    assert [e.id for e in released] == ["soon"]
     assert table.next_due() is None
 
 

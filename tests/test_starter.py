@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import re
+import secrets
 import sys
 import uuid
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from taskpool.models import (
 )
 from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.store import TaskStore, open_store
 from tests.conftest import ROOT, eventually, worker_environment
 
 RUN_LIMIT_SECONDS = 60
@@ -341,7 +342,7 @@ async def test_bad_input_files_start_nothing(
         await assert_never_started(client, id_)
 
 
-async def test_a_batch_too_large_to_carry_is_refused_before_it_starts(
+async def test_large_inputs_go_to_the_store_not_into_the_batch(
     env: dict[str, str], client: Client, tmp_path: Path
 ) -> None:
     text = "word " * 400
@@ -352,11 +353,44 @@ async def test_a_batch_too_large_to_carry_is_refused_before_it_starts(
 
     run = await starter(env, "start", str(large), "--batch-id", batch_id)
 
+    assert run.code == 0, run.out + run.err
+    handle = client.get_workflow_handle(batch_id)
+    first = await anext(aiter(handle.fetch_history_events()))
+    (start_input,) = first.workflow_execution_started_event_attributes.input.payloads
+    # 600 inputs of 2 kB would be 1.2 MB; the batch carries only the packed per-task state.
+    assert start_input.ByteSize() < 20_000
+    store = open_store(env["TASKPOOL_STORE"])
+    try:
+        records = await store.list_tasks(batch_id)
+    finally:
+        await store.close()
+    assert [r.task_id for r in records] == [f"doc-{i}" for i in range(600)]
+    assert all(r.input == text for r in records)
+    await handle.terminate(reason="test done")
+
+
+async def test_a_batch_too_large_to_carry_is_refused_before_it_starts(
+    env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    # Random ids do not compress: 30,000 of 128 characters pack to more than a batch carries.
+    large = write_jsonl(
+        tmp_path / "large.jsonl",
+        *({"id": secrets.token_hex(64), "input": "text"} for _ in range(30_000)),
+    )
+    batch_id = f"large-{uuid.uuid4().hex[:8]}"
+
+    run = await starter(env, "start", str(large), "--batch-id", batch_id)
+
     assert run.code == 2, run.out + run.err
-    assert f"{large}: the batch's 600 task definitions take" in run.err
+    assert f"{large}: the batch's 30000 tasks pack to" in run.err
     assert "split the file into batches of at most about" in run.err
     assert "Traceback" not in run.err
     await assert_never_started(client, batch_id)
+    store = open_store(env["TASKPOOL_STORE"])
+    try:
+        assert await store.list_tasks(batch_id) == []
+    finally:
+        await store.close()
 
 
 async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, str]) -> None:

@@ -46,6 +46,7 @@ async def test_cli_queries_status_and_pauses_and_resumes(
         batch_id,
         documents(12),
         task_queue=settings.task_queue,
+        store=settings.store_url,
         options=BatchOptions(concurrency=2),
     )
     out = await temporal(

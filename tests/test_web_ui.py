@@ -110,6 +110,7 @@ async def test_web_ui_shows_batch_details_and_status_query(
                     batch_id,
                     documents(6),
                     task_queue=settings.task_queue,
+                    store=settings.store_url,
                     options=BatchOptions(concurrency=2),
                 )
                 await paused_batch(client, batch_id)

@@ -1,9 +1,14 @@
 """BatchWorkflow: the batch's task table as durable state, and a sliding window of task children.
 
 Handlers only change state and set `_wake`; the run loop does the work (start children, tell them
-to pause, write the store, continue as new). Children are started with parent close policy ABANDON
-and report back by signal to the batch's workflow id, so they keep running, and keep reporting to
-the newest run, across continue-as-new; cancelling the batch cancels them explicitly.
+to pause, write the store, continue as new). Children are started with parent close policy ABANDON,
+so they keep running across continue-as-new; cancelling the batch cancels them explicitly.
+
+How an outcome comes back: a run awaits the children it started, so a child's completion event is
+its report (no signal, no extra workflow task on either side). Before continuing as new, the run
+hands its running children over: it tells each to report by signal to the batch's workflow id
+(which reaches the newest run) and waits until each has confirmed or completed, so no outcome can
+fall between the runs. A cancelled child always reports by signal, since it ends without a result.
 """
 
 from __future__ import annotations
@@ -11,11 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    CancelledError,
+    ChildWorkflowError,
+    FailureError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TemporalTimeoutError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from taskpool import agents, names
@@ -37,20 +51,22 @@ with workflow.unsafe.imports_passed_through():
         ResumeRequest,
         RetryTasksRequest,
         SetConcurrencyRequest,
-        TaskEntry,
         TaskError,
         TaskEvent,
         TaskOutcome,
         TaskPage,
         TaskQuery,
         TaskRecordUpdate,
+        TaskRef,
         TaskRunInput,
+        TaskSpec,
         TasksQuery,
         TaskStatus,
         TaskView,
     )
+    from taskpool.packing import pack, unpack
     from taskpool.policies import STORE_WRITE_OPTIONS
-    from taskpool.scheduling import TaskTable
+    from taskpool.scheduling import TaskEntry, TaskTable
 
 # A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
 # child starts, child signals and store writes go out in groups of this size.
@@ -65,7 +81,12 @@ class BatchWorkflow:
     @workflow.init
     def __init__(self, run: BatchRun) -> None:
         self._run = run
-        self._table = TaskTable(run.tasks)
+        self._table = TaskTable(
+            unpack(run.tasks),
+            usage=run.usage,
+            llm_calls=run.llm_calls,
+            recent_failures=run.recent_failures,
+        )
         self._wake = True
         self._starting = 0
         self._reports_this_run = 0
@@ -74,6 +95,9 @@ class BatchWorkflow:
         self._store_updates: list[TaskRecordUpdate] = []
         self._search_attributes: tuple[str, int] | None = None
         self._start_tasks: set[asyncio.Task[None]] = set()
+        # Children this run started and awaits, by workflow id; those that confirmed the hand-over.
+        self._awaited: dict[str, TaskEntry] = {}
+        self._handed_over: set[str] = set()
 
     @property
     def _batch_id(self) -> str:
@@ -85,7 +109,9 @@ class BatchWorkflow:
             self._run.started_at = workflow.now()
         try:
             if not self._run.registered:
-                await self._register(self._run.tasks, self._table.settle_pending(workflow.now()))
+                # The starter put the definitions in the store; record where each task begins.
+                self._note_changes(self._table.settle_pending(workflow.now()))
+                await self._flush_store()
                 self._run.registered = True
             await self._run_loop()
         except asyncio.CancelledError:
@@ -157,6 +183,13 @@ class BatchWorkflow:
 
     @workflow.signal(name=names.TASK_FINISHED)
     def task_finished(self, outcome: TaskOutcome) -> None:
+        self._accept(outcome)
+
+    @workflow.signal(name=names.TASK_HANDED_OVER)
+    def task_handed_over(self, ref: TaskRef) -> None:
+        self._handed_over.add(names.task_workflow_id(self._batch_id, ref.task_id, ref.attempt))
+
+    def _accept(self, outcome: TaskOutcome) -> None:
         changed = self._table.accept_outcome(outcome, workflow.now())
         if changed is None:
             return
@@ -322,26 +355,27 @@ class BatchWorkflow:
             start.add_done_callback(self._start_tasks.discard)
 
     async def _start_child(self, entry: TaskEntry) -> None:
-        spec = entry.spec
+        child_id = names.task_workflow_id(self._batch_id, entry.id, entry.attempts)
         try:
-            await workflow.start_child_workflow(
+            handle = await workflow.start_child_workflow(
                 names.TASK_WORKFLOW,
                 TaskRunInput(
                     batch_id=self._batch_id,
-                    spec=spec,
+                    task_id=entry.id,
                     attempt=entry.attempts,
                     agent=self._run.options.agent,
                 ),
-                id=names.task_workflow_id(self._batch_id, spec.id, entry.attempts),
+                id=child_id,
+                result_type=TaskOutcome,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                static_summary=f"{spec.id}: {spec.display_label}"[:200],
+                static_summary=f"task {entry.id} of batch {self._batch_id}"[:200],
             )
         except (WorkflowAlreadyStartedError, FailureError) as err:
             # Not adopted: a workflow already holding this id was not started by this batch
             # (for example a batch id reused while old children still run).
             self._table.accept_outcome(
                 TaskOutcome(
-                    task_id=spec.id,
+                    task_id=entry.id,
                     attempt=entry.attempts,
                     status=TaskStatus.FAILED,
                     error=_start_error(err),
@@ -350,9 +384,19 @@ class BatchWorkflow:
                 workflow.now(),
             )
             self._note_changes([entry], EventType.FAILED)
+            return
         finally:
             self._starting -= 1
             self._wake = True
+        self._awaited[child_id] = entry
+        try:
+            outcome: TaskOutcome | None = await handle
+        except ChildWorkflowError as err:
+            outcome = _outcome_of_unfinished_child(entry, err, workflow.now())
+        finally:
+            del self._awaited[child_id]
+        if outcome is not None:
+            self._accept(outcome)
 
     async def _tell_children_pause_state(self) -> None:
         if self._children_paused == self._run.paused:
@@ -372,15 +416,29 @@ class BatchWorkflow:
         """Apply `action` to each child's handle, a group of commands per workflow task. A child
         that has just finished no longer takes signals; its report is on the way."""
 
-        async def apply(entry: TaskEntry) -> None:
-            child_id = names.task_workflow_id(self._batch_id, entry.spec.id, entry.attempts)
+        child_ids = [names.task_workflow_id(self._batch_id, e.id, e.attempts) for e in entries]
+        await self._for_each_child_id(child_ids, action)
+
+    async def _for_each_child_id(self, child_ids: Sequence[str], action: Any) -> None:
+        async def apply(child_id: str) -> None:
             try:
                 await action(workflow.get_external_workflow_handle(child_id))
             except FailureError as err:
                 workflow.logger.info("Child %s did not take the command: %s", child_id, err)
 
-        for start in range(0, len(entries), COMMAND_GROUP):
-            await asyncio.gather(*(apply(e) for e in entries[start : start + COMMAND_GROUP]))
+        for start in range(0, len(child_ids), COMMAND_GROUP):
+            await asyncio.gather(*(apply(c) for c in child_ids[start : start + COMMAND_GROUP]))
+
+    async def _hand_over_children(self) -> None:
+        """Make every child this run awaits report by signal instead, so its outcome reaches the
+        next run. A child confirms by signal; one that had already finished cannot take the
+        message, and its completion reaches this run, which waits for one or the other."""
+        awaited = sorted(self._awaited)
+        control = ChildControl(paused=self._run.paused, report_by_signal=True)
+        await self._for_each_child_id(awaited, lambda handle: handle.signal(names.CONTROL, control))
+        await workflow.wait_condition(
+            lambda: all(c in self._handed_over or c not in self._awaited for c in awaited)
+        )
 
     async def _cancel_everything(self) -> None:
         reason = self._run.cancel_reason or "cancelled"
@@ -405,7 +463,7 @@ class BatchWorkflow:
             for entry in self._table.in_flight_entries():
                 self._table.accept_outcome(
                     TaskOutcome(
-                        task_id=entry.spec.id,
+                        task_id=entry.id,
                         attempt=entry.attempts,
                         status=TaskStatus.CANCELLED,
                         completed_at=workflow.now(),
@@ -428,9 +486,13 @@ class BatchWorkflow:
         # Every child start must be accepted before the hand-over, or the new run could not
         # find it; handlers must finish so no signal or update is lost.
         await workflow.wait_condition(lambda: self._starting == 0)
+        await self._hand_over_children()
         await self._flush_store()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._run.tasks = self._table.entries
+        self._run.tasks = pack(self._table.entries)
+        self._run.usage = self._table.usage
+        self._run.llm_calls = self._table.llm_calls
+        self._run.recent_failures = list(self._table.recent_failures)
         self._run.run_number += 1
         workflow.logger.info(
             "Batch continues as new (run %d) after %d reports",
@@ -441,10 +503,9 @@ class BatchWorkflow:
 
     # --- the task store ---------------------------------------------------------------------------
 
-    async def _register(self, specs: Sequence[Any], statuses: dict[str, TaskStatus]) -> None:
-        spec_list = [entry.spec if isinstance(entry, TaskEntry) else entry for entry in specs]
-        for start in range(0, len(spec_list), STORE_CHUNK):
-            chunk = spec_list[start : start + STORE_CHUNK]
+    async def _register(self, specs: Sequence[TaskSpec], statuses: dict[str, TaskStatus]) -> None:
+        for start in range(0, len(specs), STORE_CHUNK):
+            chunk = specs[start : start + STORE_CHUNK]
             await workflow.execute_local_activity(
                 names.REGISTER_TASKS,
                 RegisterTasksRequest(
@@ -461,16 +522,14 @@ class BatchWorkflow:
         now = workflow.now()
         for entry in entries:
             event_type = event if event is not None else EventType(entry.status.value)
-            if entry.status is TaskStatus.QUEUED and event is None:
-                event_type = EventType.QUEUED
             self._store_updates.append(
                 TaskRecordUpdate(
                     batch_id=self._batch_id,
-                    task_id=entry.spec.id,
+                    task_id=entry.id,
                     status=entry.status,
                     retry_count=entry.retry_count,
                     error=entry.error,
-                    completed_at=entry.completed_at,
+                    completed_at=now if entry.status.is_terminal else None,
                     events=[
                         TaskEvent(
                             key=f"batch:{entry.retry_count}:{entry.attempts}:{entry.status.value}",
@@ -514,6 +573,28 @@ class BatchWorkflow:
                     names.BATCH_PROGRESS_ATTRIBUTE.value_set(visible[1]),
                 ]
             )
+
+
+def _outcome_of_unfinished_child(
+    entry: TaskEntry, err: ChildWorkflowError, now: datetime
+) -> TaskOutcome | None:
+    """What the batch records for a child that ended without an outcome. A cancelled child has
+    reported by signal already (with its usage), so there is nothing to add."""
+    if isinstance(err.cause, CancelledError):
+        return None
+    if isinstance(err.cause, TerminatedError):
+        error = TaskError(code="terminated", message=f"the task workflow was terminated: {err}")
+    elif isinstance(err.cause, TemporalTimeoutError):
+        error = TaskError(code="timed_out", message=f"the task workflow timed out: {err}")
+    else:
+        error = TaskError(code="task_workflow_failed", message=f"the task workflow failed: {err}")
+    return TaskOutcome(
+        task_id=entry.id,
+        attempt=entry.attempts,
+        status=TaskStatus.FAILED,
+        error=error,
+        completed_at=now,
+    )
 
 
 def _start_error(err: Exception) -> TaskError:

@@ -2,8 +2,9 @@
 
 Each LLM turn is one activity. The model drives the task through lifecycle tools bound to this one
 task; every tool call in a reply is applied in order, so a simple task costs a single LLM call. The
-workflow records transitions in the task store (a local activity per turn) and finally reports its
-outcome to the batch by signal, so the batch hears about it even after continuing as new.
+workflow reads its definition from the task store, records transitions there (a local activity per
+turn) and returns its outcome, which the batch run that started it awaits. A child handed over to a
+later run of the batch (see workflows/batch.py) reports by signal instead, as does a cancelled one.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ with workflow.unsafe.imports_passed_through():
         ChatTurnResult,
         ChildControl,
         EventType,
+        LoadTaskRequest,
         RecordTasksRequest,
         TaskError,
         TaskEvent,
         TaskOutcome,
         TaskProgress,
         TaskRecordUpdate,
+        TaskRef,
         TaskRunInput,
+        TaskSpec,
         TaskStatus,
         TokenUsage,
         ToolCall,
@@ -51,7 +55,7 @@ class TaskWorkflow:
     @workflow.init
     def __init__(self, request: TaskRunInput) -> None:
         self._request = request
-        self._spec = request.spec
+        self._task_id = request.task_id
         self._status = TaskStatus.ASSIGNED
         self._progress = TaskProgress()
         self._paused = False
@@ -62,21 +66,25 @@ class TaskWorkflow:
         self._started_at = workflow.now()
         self._completed_at: Any = None
         self._event_seq = 0
+        self._report_by_signal = False
+        self._returned = False
         # A task's clock starts when its run starts, so its duration includes the model's time.
         self._pending = TaskRecordUpdate(
-            batch_id=request.batch_id, task_id=request.spec.id, started_at=self._started_at
+            batch_id=request.batch_id, task_id=request.task_id, started_at=self._started_at
         )
 
     @workflow.run
     async def run(self, request: TaskRunInput) -> TaskOutcome:
-        workflow.logger.info("Task %s attempt %d started", self._spec.id, request.attempt)
+        workflow.logger.info("Task %s attempt %d started", self._task_id, request.attempt)
         try:
             self._note(
                 EventType.ASSIGNED,
                 f"attempt {request.attempt} assigned to {workflow.info().workflow_id}",
                 attempt=request.attempt,
             )
-            await self._agent_loop()
+            spec = await self._load_definition()
+            if spec is not None:
+                await self._agent_loop(spec)
         except asyncio.CancelledError:
             # Record and report the cancellation before letting it end the workflow; Temporal lets
             # a workflow run more commands after it has caught its cancellation.
@@ -85,12 +93,24 @@ class TaskWorkflow:
             await self._report()
             raise
         await self._flush()
-        await self._report()
-        return self._outcome()
+        # The decision point: from here on a hand-over message is refused (see control()), so
+        # the run that started this child waits for its completion instead.
+        self._returned = True
+        if self._report_by_signal:
+            await self._report()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        outcome = self._outcome()
+        # The batch needs the outcome, not the result: results live in the store.
+        outcome.result = None
+        return outcome
 
     @workflow.signal(name=names.CONTROL)
-    def control(self, command: ChildControl) -> None:
+    async def control(self, command: ChildControl) -> None:
         self._paused = command.paused
+        if command.report_by_signal and not self._report_by_signal and not self._returned:
+            self._report_by_signal = True
+            ref = TaskRef(task_id=self._task_id, attempt=self._request.attempt)
+            await self._signal_batch(names.TASK_HANDED_OVER, ref)
 
     @workflow.query(name=names.TASK_STATE)
     def state(self) -> TaskOutcome:
@@ -102,9 +122,25 @@ class TaskWorkflow:
 
     # --- the agent loop ---------------------------------------------------------------------------
 
-    async def _agent_loop(self) -> None:
+    async def _load_definition(self) -> TaskSpec | None:
+        """The task's definition, read from the task store: a definition can be large, so it stays
+        out of the batch's history and this workflow's input."""
+        try:
+            spec: TaskSpec = await workflow.execute_local_activity(
+                names.LOAD_TASK,
+                LoadTaskRequest(batch_id=self._request.batch_id, task_id=self._task_id),
+                result_type=TaskSpec,
+                **STORE_WRITE_OPTIONS,
+            )
+        except ActivityError as err:
+            cause = err.cause.message if isinstance(err.cause, FailureError) else str(err)
+            self._fail("definition_missing", cause)
+            return None
+        return spec
+
+    async def _agent_loop(self, spec: TaskSpec) -> None:
         settings = self._request.agent
-        messages = agents.first_messages(self._spec)
+        messages = agents.first_messages(spec)
         nudged = False
         for turn in range(1, settings.max_turns + 1):
             # A paused batch starts no new LLM call; a turn already running may finish.
@@ -143,7 +179,7 @@ class TaskWorkflow:
     async def _chat_turn(self, messages: list[ChatMessage], turn: int) -> ChatTurnResult | None:
         settings = self._request.agent
         request = ChatTurnRequest(
-            task_key=f"{self._request.batch_id}/{self._spec.id}",
+            task_key=f"{self._request.batch_id}/{self._task_id}",
             turn=turn,
             messages=messages,
             tools=list(agents.LIFECYCLE_TOOLS),
@@ -219,7 +255,7 @@ class TaskWorkflow:
             self._start()
 
     def _start(self) -> None:
-        self._status = transition(self._spec.id, self._status, TaskStatus.IN_PROGRESS)
+        self._status = transition(self._task_id, self._status, TaskStatus.IN_PROGRESS)
         self._note(EventType.STARTED, "started by the agent")
 
     def _report_progress(self, percent: float, step: str | None) -> None:
@@ -238,7 +274,7 @@ class TaskWorkflow:
     def _finish(self, status: TaskStatus, *, error: TaskError | None, message: str) -> None:
         if self._status.is_terminal:
             return
-        self._status = transition(self._spec.id, self._status, status)
+        self._status = transition(self._task_id, self._status, status)
         self._error = error
         self._completed_at = workflow.now()
         if status is TaskStatus.COMPLETED:
@@ -279,9 +315,12 @@ class TaskWorkflow:
         outcome = self._outcome()
         # The batch needs the outcome, not the result: results live in the store.
         outcome.result = None
+        await self._signal_batch(names.TASK_FINISHED, outcome)
+
+    async def _signal_batch(self, name: str, payload: Any) -> None:
         batch = workflow.get_external_workflow_handle(self._request.batch_id)
         try:
-            await batch.signal(names.TASK_FINISHED, outcome)
+            await batch.signal(name, payload)
         except FailureError as err:
             # The batch is gone (terminated, or its id reused): nobody is left to tell, and the
             # store already has the outcome.
@@ -289,7 +328,7 @@ class TaskWorkflow:
 
     def _outcome(self) -> TaskOutcome:
         return TaskOutcome(
-            task_id=self._spec.id,
+            task_id=self._task_id,
             attempt=self._request.attempt,
             status=self._status,
             result=self._result,

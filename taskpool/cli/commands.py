@@ -24,7 +24,7 @@ from temporalio.exceptions import (
     TimeoutError,
     WorkflowAlreadyStartedError,
 )
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from taskpool import agents, batches
 from taskpool.cli import render
@@ -131,22 +131,25 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
     except batches.BatchTooLargeError as err:
         raise CliError(f"{source}: {err}", USAGE) from None
     client = await ctx.client()
+    await _refuse_existing_batch(client, batch_id)
+    store = open_store(args.store or ctx.settings().store_url)
     try:
         await batches.start_batch(
             client,
             batch_id,
             specs,
             task_queue=task_queue,
+            store=store,
             options=options,
             # A reused id would share child workflow ids and store records with the old batch.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError:
-        raise CliError(
-            f"a batch named {batch_id} already exists; choose another --batch-id", USAGE
-        ) from None
+        raise _batch_exists(batch_id) from None
     except RPCError as err:
         raise CliError(f"Temporal did not start batch {batch_id}: {err.message}") from None
+    finally:
+        await store.close()
     if args.json:
         started = {"batch_id": batch_id, "total": len(specs), "task_queue": task_queue}
         ctx.json_line(json.dumps(started))
@@ -344,6 +347,22 @@ async def results(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.show(render.results_table(records))
     return OK
+
+
+async def _refuse_existing_batch(client: Client, batch_id: str) -> None:
+    """Checked before the definitions go to the store, so a clash cannot mix them into the
+    existing batch's records. (Start still refuses a duplicate id should one appear meanwhile.)"""
+    try:
+        await client.get_workflow_handle(batch_id).describe()
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            return
+        raise CliError(f"Temporal did not answer about batch {batch_id}: {err.message}") from None
+    raise _batch_exists(batch_id)
+
+
+def _batch_exists(batch_id: str) -> CliError:
+    return CliError(f"a batch named {batch_id} already exists; choose another --batch-id", USAGE)
 
 
 def _existing_store(url: str) -> str:

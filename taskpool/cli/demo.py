@@ -20,13 +20,18 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
     specs = _load(source, default_kind=None)
     async with embedded_environment(model=args.model, say=ctx.say) as env:
         batch_id = args.batch_id or render_batch_id()
-        await start_batch(
-            env.client,
-            batch_id,
-            specs,
-            task_queue=env.settings.task_queue,
-            options=BatchOptions(concurrency=args.concurrency),
-        )
+        store = open_store(env.settings.store_url)
+        try:
+            await start_batch(
+                env.client,
+                batch_id,
+                specs,
+                task_queue=env.settings.task_queue,
+                store=store,
+                options=BatchOptions(concurrency=args.concurrency),
+            )
+        finally:
+            await store.close()
         page = _batch_page(env.ui_url, batch_id)
         ctx.say(f"Batch {batch_id}: {len(specs)} tasks from {source}, {args.concurrency} at once")
         if page:

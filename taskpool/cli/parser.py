@@ -23,7 +23,14 @@ exit codes:
 environment:
   TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, ...  where Temporal is (SDK env config)
   TASKPOOL_TASK_QUEUE  the workers' task queue (default: taskpool)
-  TASKPOOL_STORE       the task store results are read from (default: data/taskpool.db)"""
+  TASKPOOL_STORE       the workers' task store: `start` writes the definitions there, `results`
+                       reads from it (default: data/taskpool.db)"""
+
+
+def _store_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--store", metavar="URL", help=f"{what} (default: TASKPOOL_STORE or data/taskpool.db)"
+    )
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
@@ -117,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--task-queue", metavar="Q", help="the workers' task queue (default: TASKPOOL_TASK_QUEUE)"
     )
+    _store_option(start, "the workers' task store, where the definitions go")
     start.add_argument(
         "--wait",
         action="store_true",
@@ -209,11 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     output = results.add_mutually_exclusive_group()
     output.add_argument("--out", metavar="FILE", help="write JSON Lines to FILE")
     output.add_argument("--json", action="store_true", help="write JSON Lines to stdout")
-    results.add_argument(
-        "--store",
-        metavar="URL",
-        help="the task store (default: TASKPOOL_STORE or data/taskpool.db)",
-    )
+    _store_option(results, "the task store")
     add_demo_parser(commands)
     return parser
 

@@ -125,7 +125,8 @@ async def _running_tasks(client: Client, batch_id: str) -> tuple[RunningTask, ..
 
     progress = await asyncio.gather(*(progress_of(v.id, v.attempts) for v in views))
     return tuple(
-        RunningTask(v.id, v.label, v.started_at, p) for v, p in zip(views, progress, strict=True)
+        RunningTask(v.id, v.display_label, v.started_at, p)
+        for v, p in zip(views, progress, strict=True)
     )
 
 
