@@ -211,11 +211,36 @@ async def task_progress(
 # --- Changing a batch: updates are validated by the batch before they touch its history -------
 
 
+# An update's payload is capped like any other (2 MB); added definitions travel in groups well
+# under that, each accepted or refused as a whole.
+ADD_GROUP_BYTES = 500_000
+
+
 async def add_tasks(client: Client, batch_id: str, tasks: Sequence[TaskSpec]) -> BatchStatus:
-    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
-        names.ADD_TASKS, AddTasksRequest(tasks=list(tasks)), result_type=BatchStatus
-    )
+    """Add tasks to a running batch, in as many updates as their size needs. Tasks may depend on
+    tasks of an earlier group, never a later one, since groups keep the given order."""
+    handle = batch_handle(client, batch_id)
+    answer: BatchStatus | None = None
+    for group in _add_groups(tasks):
+        answer = await handle.execute_update(
+            names.ADD_TASKS, AddTasksRequest(tasks=group), result_type=BatchStatus
+        )
+    if answer is None:
+        raise ValueError("no tasks to add")
     return answer
+
+
+def _add_groups(tasks: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+    groups: list[list[TaskSpec]] = []
+    size = ADD_GROUP_BYTES
+    for spec in tasks:
+        spec_size = len(spec.model_dump_json())
+        if size + spec_size > ADD_GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += spec_size
+    return groups
 
 
 async def retry_tasks(

@@ -11,8 +11,17 @@ from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
 from taskpool import names
-from taskpool.batches import batch_status, cancel_batch, pause_batch, resume_batch, start_batch
+from taskpool.batches import (
+    ADD_GROUP_BYTES,
+    add_tasks,
+    batch_status,
+    cancel_batch,
+    pause_batch,
+    resume_batch,
+    start_batch,
+)
 from taskpool.models import (
+    AddTasksRequest,
     BatchOptions,
     BatchState,
     EventType,
@@ -216,3 +225,35 @@ async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
     for record in records:
         assert record.status is TaskStatus.COMPLETED
         assert [e.type for e in record.events].count(EventType.COMPLETED) == 1
+
+
+async def test_a_large_addition_goes_in_groups_and_every_definition_reaches_the_store(
+    client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
+) -> None:
+    handle = await start_batch(
+        client,
+        batch_id,
+        documents(1),
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+    )
+    await pause_batch(client, batch_id, reason="adding")
+    text = "lorem ipsum " * 400
+    added = [TaskSpec(id=f"extra-{i}", input=f"{i}: {text}") for i in range(300)]
+    # About 1.4 MB of definitions: more than one update should carry.
+    assert len(AddTasksRequest(tasks=added).model_dump_json()) > 2 * ADD_GROUP_BYTES
+
+    status = await add_tasks(client, batch_id, added)
+
+    assert status.total == 301
+    assert status.counts["queued"] >= 300
+    records = {r.task_id: r for r in await store.list_tasks(batch_id)}
+    assert all(records[spec.id].input == spec.input for spec in added)
+    updates = [
+        event
+        async for event in handle.fetch_history_events()
+        if event.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    assert len(updates) >= 3
+    await cancel_batch(client, batch_id, reason="test done")
+    await handle.result()
