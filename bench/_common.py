@@ -25,6 +25,8 @@ if str(ROOT) not in sys.path:
 
 # Imported after the path set-up above, which is what makes `taskpool` importable from a script.
 from taskpool.devserver import (  # noqa: E402
+    DURABLE_SQLITE_PRAGMAS,
+    THROUGHPUT_DYNAMIC_CONFIG,
     DevServer,
     DevServerOptions,
     find_temporal_cli,
@@ -37,7 +39,9 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 __all__ = [
     "RESULTS_MD",
     "ROOT",
+    "SERVER_CONFIGS",
     "CpuMeter",
+    "ServerConfig",
     "Usage",
     "append_result",
     "bench_server",
@@ -49,6 +53,7 @@ __all__ = [
     "parse_pairs",
     "process_cpu_seconds",
     "self_cpu_seconds",
+    "server_config",
 ]
 
 
@@ -131,9 +136,46 @@ def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
     return pairs
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """A named dev-server configuration: SQLite pragmas and dynamic config values."""
+
+    name: str
+    sqlite_pragmas: Mapping[str, str]
+    dynamic_config: Mapping[str, str]
+
+    def describe(self) -> str:
+        settings = [f"{k}={v}" for k, v in {**self.sqlite_pragmas, **self.dynamic_config}.items()]
+        return f"{self.name} ({' '.join(settings) or 'the CLI defaults'})"
+
+
+SERVER_CONFIGS: Mapping[str, ServerConfig] = {
+    # What `temporal server start-dev` does unless told otherwise.
+    "untuned": ServerConfig("untuned", {}, {}),
+    # What the embedded server of `taskpool demo` runs with (taskpool/demo.py).
+    "durable": ServerConfig("durable", DURABLE_SQLITE_PRAGMAS, THROUGHPUT_DYNAMIC_CONFIG),
+}
+
+
+def server_config(
+    name: str,
+    *,
+    sqlite_pragmas: Mapping[str, str] | None = None,
+    dynamic_config: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """The named configuration, with values given on the command line taking precedence."""
+    base = SERVER_CONFIGS[name]
+    return ServerConfig(
+        name=base.name,
+        sqlite_pragmas={**base.sqlite_pragmas, **(sqlite_pragmas or {})},
+        dynamic_config={**base.dynamic_config, **(dynamic_config or {})},
+    )
+
+
 @asynccontextmanager
 async def bench_server(
     *,
+    config: ServerConfig | None = None,
     sqlite_pragmas: Mapping[str, str] | None = None,
     dynamic_config: Mapping[str, str] | None = None,
     search_attributes: Mapping[str, str] | None = None,
@@ -141,14 +183,17 @@ async def bench_server(
 ) -> AsyncIterator[DevServer]:
     """A headless dev server on private ports with a fresh SQLite file in a temporary directory.
 
-    `in_memory` keeps the database in memory instead: the upper bound no setting can beat.
+    `config` is the starting point (none: the CLI's defaults); `sqlite_pragmas` and
+    `dynamic_config` add to it or override it. `in_memory` keeps the database in memory instead:
+    the upper bound no setting can beat.
     """
+    base = config or SERVER_CONFIGS["untuned"]
     with tempfile.TemporaryDirectory(prefix="taskpool-bench-") as tmp:
         options = DevServerOptions(
             db_file=None if in_memory else Path(tmp) / "temporal.db",
             ui=False,
-            sqlite_pragmas=dict(sqlite_pragmas or {}),
-            dynamic_config=dict(dynamic_config or {}),
+            sqlite_pragmas={**base.sqlite_pragmas, **(sqlite_pragmas or {})},
+            dynamic_config={**base.dynamic_config, **(dynamic_config or {})},
             search_attributes=dict(search_attributes or {}),
             log_file=Path(tmp) / "server.log",
         )

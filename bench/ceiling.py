@@ -5,7 +5,10 @@ A parent starts N children with at most W in flight, topping the window up as ch
 private dev server on a fresh SQLite file. Reports tasks/s and CPU seconds per task of the server
 and of this (worker) process. Any taskpool bench should be compared against this number.
 
-    python bench/ceiling.py --tasks 500 --window 50 [--pragma journal_mode=wal ...] [--json]
+    python bench/ceiling.py --tasks 500 --window 50 [--server durable] [--pragma K=V ...] [--json]
+
+--server picks the dev server's configuration (bench/_common.py SERVER_CONFIGS): untuned, the
+CLI's defaults, or durable, what `taskpool demo` runs; --pragma and --dynamic-config add to it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRu
 # The sandbox re-imports this file for every workflow run; the helpers are worker-side only.
 with workflow.unsafe.imports_passed_through():
     from _common import (
+        SERVER_CONFIGS,
         CpuMeter,
         append_result,
         bench_server,
         command_line,
         db_bytes,
         parse_pairs,
+        server_config,
     )
 
 
@@ -120,12 +125,13 @@ async def run_batch(client: Client, params: CeilingInput, args: argparse.Namespa
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    pragmas = parse_pairs(args.pragma, "--pragma")
-    dynamic = parse_pairs(args.dynamic_config, "--dynamic-config")
+    config = server_config(
+        args.server,
+        sqlite_pragmas=parse_pairs(args.pragma, "--pragma"),
+        dynamic_config=parse_pairs(args.dynamic_config, "--dynamic-config"),
+    )
     params = CeilingInput(tasks=args.tasks, window=args.window)
-    async with bench_server(
-        sqlite_pragmas=pragmas, dynamic_config=dynamic, in_memory=args.in_memory
-    ) as server:
+    async with bench_server(config=config, in_memory=args.in_memory) as server:
         compression = GrpcCompression.NONE if args.no_compression else GrpcCompression.GZIP
         client = await Client.connect(server.address, grpc_compression=compression)
         meter = CpuMeter(server.pid)
@@ -137,8 +143,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "window": args.window,
         "parents": args.parents,
-        "pragmas": pragmas,
-        "dynamic_config": dynamic,
+        "server": config.name,
+        "pragmas": dict(config.sqlite_pragmas),
+        "dynamic_config": dict(config.dynamic_config),
         "in_memory": args.in_memory,
         "sandbox": not args.unsandboxed,
         "grpc_compression": not args.no_compression,
@@ -168,7 +175,8 @@ def summary(r: dict[str, Any]) -> str:
         f"({r['server_cpu_util']:.0%} of a core); worker "
         f"{r['worker_cpu_s_per_task'] * 1000:.1f} ms CPU/task ({r['worker_cpu_util']:.0%}); "
         f"others {r['other_cpu_util']:.0%}; "
-        f"db {r['db_bytes'] / 1e6:.1f} MB; settings: {' '.join(settings) or 'defaults'}"
+        f"db {r['db_bytes'] / 1e6:.1f} MB; server {r['server']}: "
+        f"{' '.join(settings) or 'defaults'}"
     )
 
 
@@ -176,6 +184,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, default=500, help="child workflows (default 500)")
     parser.add_argument("--window", type=int, default=50, help="children in flight (default 50)")
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVER_CONFIGS),
+        default="untuned",
+        help="dev server configuration (untuned: the CLI's defaults; durable: the demo's)",
+    )
     parser.add_argument(
         "--pragma", action="append", default=[], metavar="K=V", help="SQLite pragma for the server"
     )

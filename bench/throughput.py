@@ -5,18 +5,27 @@ worker.py` as its own process, the scripted model server in this process, and a 
 summarise tasks started as starter.py starts one. Parts, each runnable alone:
 
     python bench/throughput.py ceiling-vs-taskpool [--tasks 500] [--window 50]
+            [--ceiling-server untuned]
         the ceiling (bench/ceiling.py) and a taskpool batch with the same N and W, model latency 0,
         in one invocation so the ratio holds on a noisy machine; plus LLM calls and tokens per
-        task, events per workflow and where each task's time goes
+        task, events per workflow and where each task's time goes. With --ceiling-server other
+        than --server the ceiling is measured on both, giving taskpool / ceiling on the same
+        server and taskpool / the ceiling on the other (the issue: durable taskpool >= 1.5x the
+        untuned ceiling)
     python bench/throughput.py utilisation [--windows 10 100] [--latency 1]
         measured tasks/s against the ideal W / L
     python bench/throughput.py rss [--window 100] [--latency 1]
         the worker process's peak resident memory
     python bench/throughput.py history [--history-tasks 10000]
-        events per workflow and the largest payload; a 10,000-task batch takes ~15 min here
+        runs the batch to completion, then reads every batch run's and every task child's history:
+        events per history and the largest payload and event against the targets; a 10,000-task
+        batch takes a long while here (the run, then reading 10,000 histories)
     python bench/throughput.py all
 
-Results are printed and appended to bench/RESULTS.md with the command (--no-record skips that).
+Every part takes --server {untuned,durable}: the configuration of each dev server it starts
+(bench/_common.py SERVER_CONFIGS; untuned is the CLI's defaults, durable what `taskpool demo`
+runs). Results are printed and appended to bench/RESULTS.md with the command (--no-record skips
+that); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from typing import Any
 # `taskpool` below is the package and not this file.
 from _common import (
     ROOT,
+    SERVER_CONFIGS,
+    ServerConfig,
     append_result,
     bench_server,
     command_line,
@@ -51,6 +62,7 @@ from _common import (
     parse_pairs,
     process_cpu_seconds,
     self_cpu_seconds,
+    server_config,
 )
 from ceiling import measure as measure_ceiling
 from ceiling import parse_args as ceiling_args
@@ -62,7 +74,7 @@ from temporalio.api.enums.v1 import (
     TimeoutType,
     WorkflowTaskFailedCause,
 )
-from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.history.v1 import HistoryEvent, WorkflowExecutionSignaledEventAttributes
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
@@ -70,7 +82,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from taskpool import names
-from taskpool.batches import batch_status, start_batch
+from taskpool.batches import BatchTooLargeError, batch_status, start_batch
 from taskpool.models import (
     AgentSettings,
     BatchOptions,
@@ -87,11 +99,16 @@ MODEL = "scripted-model"
 MB = 1024 * 1024
 # Targets from the issue.
 TARGET_RATIO = 1.0
+"""taskpool against the ceiling measured on the same dev server."""
+TARGET_TUNED_RATIO = 1.5
+"""taskpool on the durable (tuned) server against the ceiling on the untuned one."""
 TARGET_UTILISATION = 0.95
 TARGET_RSS_MB = 150.0
 TARGET_EVENTS = 10_240
 TARGET_PAYLOAD = 1 * MB
 HISTORY_TARGET_TASKS = 10_000
+# The server's limit.historyCount.suggestContinueAsNew default.
+SUGGEST_CONTINUE_AS_NEW_EVENTS = 4 * 1024
 # The dev server refuses a payload over this (limit.blobSize.error).
 SERVER_PAYLOAD_LIMIT = 2 * MB
 WORKER_READY_TIMEOUT = 60.0
@@ -102,7 +119,9 @@ RSS_LATENCY = 20.0
 # A batch with no new model request for this long has stopped making progress.
 STALL_SECONDS = 90.0
 STALL_CHECK_EVERY = 5.0
-HISTORY_FETCHES_AT_ONCE = 16
+# Reading 10,000 child histories one by one takes long; more at once would crowd the server.
+HISTORY_FETCHES_AT_ONCE = 20
+PROGRESS_EVERY = 30.0
 
 _SENTENCES = (
     "The committee met on Tuesday to review the quarterly budget and the hiring plan.",
@@ -134,11 +153,19 @@ def documents(count: int, chars: int) -> list[TaskSpec]:
     return [document(i, chars) for i in range(count)]
 
 
-def start_payload_bytes(specs: Sequence[TaskSpec]) -> int:
-    """Size of the batch's start input as the client sends it (the same model start_batch sends)."""
-    run = BatchRun(tasks=pack([TaskEntry.from_spec(spec) for spec in specs]))
+def start_payload_bytes(specs: Sequence[TaskSpec], options: BatchOptions | None = None) -> int:
+    """Size of the batch's start input as the client sends it: the packed per-task state (the
+    definitions go to the task store), built as start_batch builds it but without its size check."""
+    run = BatchRun(
+        tasks=pack([TaskEntry.from_spec(spec) for spec in specs]),
+        options=options or BatchOptions(),
+    )
     (payload,) = pydantic_data_converter.payload_converter.to_payloads([run])
     return payload.ByteSize()
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # --- CPU and memory ---------------------------------------------------------------------------
@@ -323,12 +350,47 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass(frozen=True)
 class HistorySize:
+    label: str
+    """"batch run <n>" or the task child's workflow id."""
     workflow_id: str
     run_id: str
     events: int
     largest_event_bytes: int
     largest_event_type: str
     largest_payload_bytes: int
+
+    @property
+    def within_targets(self) -> bool:
+        return self.events < TARGET_EVENTS and self.largest_payload_bytes < TARGET_PAYLOAD
+
+
+def size_summary(histories: Sequence[HistorySize]) -> dict[str, Any]:
+    """The largest figures over some histories, each with the history it came from."""
+    if not histories:
+        return {"histories": 0, "within_targets": True}
+    most = max(histories, key=lambda h: h.events)
+    payload = max(histories, key=lambda h: h.largest_payload_bytes)
+    event = max(histories, key=lambda h: h.largest_event_bytes)
+    return {
+        "histories": len(histories),
+        "events_max": most.events,
+        "events_max_in": most.label,
+        "events_mean": sum(h.events for h in histories) / len(histories),
+        "largest_payload_bytes": payload.largest_payload_bytes,
+        "largest_payload_in": payload.label,
+        "largest_event_bytes": event.largest_event_bytes,
+        "largest_event_type": event.largest_event_type,
+        "largest_event_in": event.label,
+        "over_target": sum(not h.within_targets for h in histories),
+        "within_targets": all(h.within_targets for h in histories),
+    }
+
+
+# How a task's outcome reached the batch (workflows/batch.py): the completion of the child the
+# run awaits, or, for a child handed over before continue-as-new, its task_finished signal.
+BY_COMPLETION = "child completion"
+BY_SIGNAL = "task_finished signal"
+NOT_REPORTED = "no report seen"
 
 
 @dataclass
@@ -339,6 +401,12 @@ class HistoryReport:
     child_event_types: dict[str, int]
     workflow_task_problems: dict[str, int]
     """Failed and timed-out workflow tasks by workflow kind and cause: each one is a retry."""
+    reports: dict[str, int]
+    """Tasks by the way their outcome reached the batch."""
+    handed_over: int
+    """Children that confirmed a hand-over (reported to a later run by signal)."""
+    reports_per_run: list[int]
+    """Reports each batch run took, in the order of batch_runs."""
     phases_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -346,25 +414,16 @@ class HistoryReport:
         return [*self.batch_runs, *self.children]
 
     def within_targets(self) -> bool:
-        return all(
-            h.events < TARGET_EVENTS and h.largest_payload_bytes < TARGET_PAYLOAD for h in self.all
-        )
+        return all(h.within_targets for h in self.all)
 
     def summary(self) -> dict[str, Any]:
         tasks = len(self.children) or 1
-        biggest = max(self.all, key=lambda h: h.largest_payload_bytes)
         return {
-            "batch_runs": len(self.batch_runs),
-            "batch_events_per_run_max": max(h.events for h in self.batch_runs),
+            "batch_runs": size_summary(self.batch_runs),
+            "children": size_summary(self.children),
             "batch_events_per_task": sum(h.events for h in self.batch_runs) / tasks,
-            "child_events_max": max((h.events for h in self.children), default=0),
-            "child_events_mean": sum(h.events for h in self.children) / tasks,
-            "largest_payload_bytes": biggest.largest_payload_bytes,
-            "largest_payload_in": biggest.workflow_id,
-            "largest_event_bytes": max(h.largest_event_bytes for h in self.all),
-            "largest_event_type": max(
-                self.all, key=lambda h: h.largest_event_bytes
-            ).largest_event_type,
+            "reports": self.reports,
+            "handed_over": self.handed_over,
             "within_targets": self.within_targets(),
         }
 
@@ -399,9 +458,12 @@ def payload_sizes(message: Message) -> list[int]:
     return sizes
 
 
-def history_size(workflow_id: str, run_id: str, events: Sequence[HistoryEvent]) -> HistorySize:
+def history_size(
+    label: str, workflow_id: str, run_id: str, events: Sequence[HistoryEvent]
+) -> HistorySize:
     largest = max(events, key=lambda e: e.ByteSize())
     return HistorySize(
+        label=label,
         workflow_id=workflow_id,
         run_id=run_id,
         events=len(events),
@@ -423,117 +485,203 @@ def workflow_task_problems(kind: str, events: Sequence[HistoryEvent]) -> Counter
     return problems
 
 
-def first_times(events: Sequence[HistoryEvent]) -> dict[str, float]:
+def child_times(events: Sequence[HistoryEvent]) -> dict[str, float]:
+    """When each kind of event first happened in a child's history; a signal the child sends is
+    told apart by its name ("signal_external_workflow_execution_initiated:task_finished")."""
     times: dict[str, float] = {}
     for event in events:
-        times.setdefault(event_name(event), event_seconds(event))
+        name = event_name(event)
+        if event.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            signal_name = event.signal_external_workflow_execution_initiated_event_attributes
+            name = f"{name}:{signal_name.signal_name}"
+        times.setdefault(f"child:{name}", event_seconds(event))
     return times
 
 
 @dataclass
 class BatchTimes:
-    """When the batch did things for each task child, by child workflow id."""
+    """When the batch did things for each task child, by child workflow id, over all its runs."""
 
     initiated: dict[str, float] = field(default_factory=dict)
     recorded_started: dict[str, float] = field(default_factory=dict)
     report_received: dict[str, float] = field(default_factory=dict)
+    report_channel: dict[str, str] = field(default_factory=dict)
+    handover_asked: dict[str, float] = field(default_factory=dict)
+    handover_confirmed: dict[str, float] = field(default_factory=dict)
     refill_gaps: list[float] = field(default_factory=list)
+    handovers_s: list[float] = field(default_factory=list)
+    """For each run that continued as new: its first hand-over request -> the continue-as-new."""
+
+    def report(self, child_id: str, at: float, channel: str) -> bool:
+        """Note a task's report; False when the batch had it already."""
+        if child_id in self.report_received:
+            return False
+        self.report_received[child_id] = at
+        self.report_channel[child_id] = channel
+        return True
 
 
-def read_batch_run(batch_id: str, events: Sequence[HistoryEvent], into: BatchTimes) -> None:
+def signalled_child_id(
+    batch_id: str, signaled: WorkflowExecutionSignaledEventAttributes
+) -> str | None:
+    """The child a task_finished (TaskOutcome) or task_handed_over (TaskRef) signal came from."""
+    if not signaled.input.payloads:
+        return None
+    ref = json.loads(signaled.input.payloads[0].data)
+    return names.task_workflow_id(batch_id, ref["task_id"], ref["attempt"])
+
+
+def read_batch_run(batch_id: str, events: Sequence[HistoryEvent], into: BatchTimes) -> int:
+    """Notes what the batch did for each child in one run; returns how many reports it took."""
+    reports = 0
     reports_waiting: list[float] = []
+    first_handover: float | None = None
     for event in events:
         at = event_seconds(event)
-        if event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             attributes = event.start_child_workflow_execution_initiated_event_attributes
             into.initiated[attributes.workflow_id] = at
             into.refill_gaps += [at - received for received in reports_waiting]
             reports_waiting = []
-        elif event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+        elif kind == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
             child = event.child_workflow_execution_started_event_attributes.workflow_execution
             into.recorded_started[child.workflow_id] = at
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+        elif kind == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED:
+            child = event.child_workflow_execution_completed_event_attributes.workflow_execution
+            if into.report(child.workflow_id, at, BY_COMPLETION):
+                reports += 1
+                reports_waiting.append(at)
+        elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            # The bench never pauses, so every `control` signal to a child is a hand-over.
+            sent = event.signal_external_workflow_execution_initiated_event_attributes
+            if sent.signal_name == names.CONTROL:
+                into.handover_asked.setdefault(sent.workflow_execution.workflow_id, at)
+                first_handover = at if first_handover is None else first_handover
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             signaled = event.workflow_execution_signaled_event_attributes
-            if signaled.signal_name != names.TASK_FINISHED or not signaled.input.payloads:
+            child_id = signalled_child_id(batch_id, signaled)
+            if child_id is None:
                 continue
-            outcome = json.loads(signaled.input.payloads[0].data)
-            child_id = names.task_workflow_id(batch_id, outcome["task_id"], outcome["attempt"])
-            into.report_received[child_id] = at
-            reports_waiting.append(at)
+            if signaled.signal_name == names.TASK_FINISHED:
+                if into.report(child_id, at, BY_SIGNAL):
+                    reports += 1
+                    reports_waiting.append(at)
+            elif signaled.signal_name == names.TASK_HANDED_OVER:
+                into.handover_confirmed.setdefault(child_id, at)
+        elif (
+            kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+            and first_handover is not None
+        ):
+            into.handovers_s.append(at - first_handover)
+    return reports
 
 
-# (label, where the span starts, where it ends): "child:<event>" is the first such event in the
-# child's history, "batch:<name>" a BatchTimes field for that child.
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a task's life: from `begin` to `end`, each "child:<event>" (the first such
+    event in the child's history) or "batch:<name>" (a BatchTimes field for that child). With a
+    `channel`, only tasks whose outcome reached the batch that way count."""
+
+    label: str
+    begin: str
+    end: str
+    channel: str | None = None
+
+
+_FINISHED_SENT = f"child:signal_external_workflow_execution_initiated:{names.TASK_FINISHED}"
 TASK_SPANS = (
-    (
+    Span(
         "batch asks for a child -> the child's run begins",
         "batch:initiated",
         "child:workflow_execution_started",
     ),
-    (
+    Span(
         "child begins -> its first workflow task starts",
         "child:workflow_execution_started",
         "child:workflow_task_started",
     ),
-    (
-        "first workflow task -> LLM activity scheduled",
+    Span(
+        "first workflow task -> LLM activity scheduled (definition read by a local activity)",
         "child:workflow_task_started",
         "child:activity_task_scheduled",
     ),
-    (
+    Span(
         "LLM activity waits in the queue",
         "child:activity_task_scheduled",
         "child:activity_task_started",
     ),
-    (
+    Span(
         "LLM activity runs (model call)",
         "child:activity_task_started",
         "child:activity_task_completed",
     ),
-    (
-        "LLM reply -> report sent (store write, workflow task)",
+    Span(
+        "LLM reply -> child completes (store write, workflow task)",
         "child:activity_task_completed",
-        "child:signal_external_workflow_execution_initiated",
-    ),
-    (
-        "report sent -> the batch has it",
-        "child:signal_external_workflow_execution_initiated",
-        "batch:report_received",
-    ),
-    (
-        "report sent -> child closed",
-        "child:signal_external_workflow_execution_initiated",
         "child:workflow_execution_completed",
+        BY_COMPLETION,
     ),
-    (
+    Span(
+        "child completes -> the batch has it",
+        "child:workflow_execution_completed",
+        "batch:report_received",
+        BY_COMPLETION,
+    ),
+    Span(
+        "handed over: batch asks -> the child confirms",
+        "batch:handover_asked",
+        "batch:handover_confirmed",
+    ),
+    Span(
+        "handed over: LLM reply -> task_finished signal sent (store write, workflow task)",
+        "child:activity_task_completed",
+        _FINISHED_SENT,
+        BY_SIGNAL,
+    ),
+    Span(
+        "handed over: signal sent -> the batch has it",
+        _FINISHED_SENT,
+        "batch:report_received",
+        BY_SIGNAL,
+    ),
+    Span(
         "child begins -> child closed",
         "child:workflow_execution_started",
         "child:workflow_execution_completed",
     ),
-    (
+    Span(
         "batch asks for a child -> the batch records it started",
         "batch:initiated",
         "batch:recorded_started",
     ),
 )
+OWN_RUN_SPAN = "child begins -> child closed"
 REFILL_SPAN = "batch has a report -> its next child start (slot refilled)"
+HANDOVER_SPAN = "per run: first hand-over request -> continued as new"
+_BATCH_FIELDS = (
+    "initiated",
+    "recorded_started",
+    "report_received",
+    "handover_asked",
+    "handover_confirmed",
+)
 
 
-def task_spans(
-    batch: BatchTimes, children: dict[str, Sequence[HistoryEvent]]
-) -> dict[str, list[float]]:
-    spans: dict[str, list[float]] = {label: [] for label, _, _ in TASK_SPANS}
-    for child_id, events in children.items():
-        times = {f"child:{name}": at for name, at in first_times(events).items()}
-        for name in ("initiated", "recorded_started", "report_received"):
-            by_child: dict[str, float] = getattr(batch, name)
-            if child_id in by_child:
-                times[f"batch:{name}"] = by_child[child_id]
-        for label, begin, end in TASK_SPANS:
-            if begin in times and end in times:
-                spans[label].append(times[end] - times[begin])
-    spans[REFILL_SPAN] = batch.refill_gaps
-    return spans
+def child_spans(
+    child_id: str, events: Sequence[HistoryEvent], batch: BatchTimes
+) -> list[tuple[str, float]]:
+    times = child_times(events)
+    for name in _BATCH_FIELDS:
+        by_child: dict[str, float] = getattr(batch, name)
+        if child_id in by_child:
+            times[f"batch:{name}"] = by_child[child_id]
+    channel = batch.report_channel.get(child_id)
+    return [
+        (span.label, times[span.end] - times[span.begin])
+        for span in TASK_SPANS
+        if span.channel in (None, channel) and span.begin in times and span.end in times
+    ]
 
 
 async def analyse_histories(
@@ -543,14 +691,16 @@ async def analyse_histories(
     batch_runs: list[HistorySize] = []
     batch_types: Counter[str] = Counter()
     batch_times = BatchTimes()
+    reports_per_run: list[int] = []
     problems: Counter[str] = Counter()
     run_id = first_run_id
     while run_id:
         history = await client.get_workflow_handle(batch_id, run_id=run_id).fetch_history()
         events = list(history.events)
-        batch_runs.append(history_size(batch_id, run_id, events))
+        label = f"batch run {len(batch_runs) + 1}"
+        batch_runs.append(history_size(label, batch_id, run_id, events))
         batch_types.update(event_name(e) for e in events)
-        read_batch_run(batch_id, events, batch_times)
+        reports_per_run.append(read_batch_run(batch_id, events, batch_times))
         problems += workflow_task_problems("batch", events)
         last = events[-1]
         run_id = (
@@ -558,29 +708,56 @@ async def analyse_histories(
             if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
             else None
         )
+    progress(
+        f"histories: {len(batch_runs)} batch run(s) read; reading {len(task_ids)} task "
+        f"children, {HISTORY_FETCHES_AT_ONCE} at once"
+    )
 
-    limit = asyncio.Semaphore(HISTORY_FETCHES_AT_ONCE)
     child_types: Counter[str] = Counter()
-    child_events: dict[str, Sequence[HistoryEvent]] = {}
+    children: list[HistorySize] = []
+    spans: dict[str, list[float]] = {span.label: [] for span in TASK_SPANS}
+    waiting = iter(task_ids)
+    began = last_note = time.monotonic()
 
-    async def child(task_id: str) -> HistorySize:
-        workflow_id = names.task_workflow_id(batch_id, task_id, 1)
-        async with limit:
+    async def reader() -> None:
+        nonlocal last_note
+        # The readers share one iterator, so at most HISTORY_FETCHES_AT_ONCE reads are in flight.
+        for task_id in waiting:
+            workflow_id = names.task_workflow_id(batch_id, task_id, 1)
             history = await client.get_workflow_handle(workflow_id).fetch_history()
-        events = list(history.events)
-        child_types.update(event_name(e) for e in events)
-        child_events[workflow_id] = events
-        problems.update(workflow_task_problems("child", events))
-        return history_size(workflow_id, history.run_id, events)
+            events = list(history.events)
+            # Only figures are kept: 10,000 histories' events would take a lot of memory.
+            children.append(history_size(workflow_id, workflow_id, history.run_id, events))
+            child_types.update(event_name(e) for e in events)
+            problems.update(workflow_task_problems("child", events))
+            for label, seconds in child_spans(workflow_id, events, batch_times):
+                spans[label].append(seconds)
+            now = time.monotonic()
+            if now - last_note >= STALL_CHECK_EVERY or len(children) == len(task_ids):
+                last_note = now
+                progress(
+                    f"histories: {len(children)}/{len(task_ids)} task children read "
+                    f"({now - began:.0f} s)"
+                )
 
-    children = await asyncio.gather(*(child(task_id) for task_id in task_ids))
+    await asyncio.gather(*(reader() for _ in range(min(HISTORY_FETCHES_AT_ONCE, len(task_ids)))))
+    children.sort(key=lambda h: h.workflow_id)
+    reports = Counter(batch_times.report_channel.values())
+    missing = sum(h.workflow_id not in batch_times.report_received for h in children)
+    if missing:
+        reports[NOT_REPORTED] = missing
+    spans[REFILL_SPAN] = batch_times.refill_gaps
+    spans[HANDOVER_SPAN] = batch_times.handovers_s
     return HistoryReport(
         batch_runs=batch_runs,
-        children=list(children),
+        children=children,
         batch_event_types=dict(batch_types.most_common()),
         child_event_types=dict(child_types.most_common()),
         workflow_task_problems=dict(problems.most_common()),
-        phases_s=task_spans(batch_times, child_events),
+        reports=dict(reports.most_common()),
+        handed_over=len(batch_times.handover_confirmed),
+        reports_per_run=reports_per_run,
+        phases_s=spans,
     )
 
 
@@ -589,8 +766,14 @@ async def analyse_histories(
 
 @dataclass(frozen=True)
 class Common:
+    server_name: str
+    """The configuration (SERVER_CONFIGS) of every dev server a part starts."""
     pragmas: dict[str, str]
+    """SQLite pragmas from the command line, on top of the configuration's."""
     input_chars: int
+
+    def server(self, name: str | None = None) -> ServerConfig:
+        return server_config(name or self.server_name, sqlite_pragmas=self.pragmas)
 
 
 @dataclass(frozen=True)
@@ -599,6 +782,8 @@ class BatchPlan:
     window: int
     latency: float
     histories: bool = False
+    continue_as_new_after: int | None = None
+    """None keeps BatchOptions' default."""
 
 
 @dataclass
@@ -618,6 +803,7 @@ class TaskpoolRun:
     rss_sampled_peak_mb: float
     rss_peak_mb: float
     start_payload_bytes: int
+    server: str
     history: HistoryReport | None = None
 
     @property
@@ -644,7 +830,8 @@ async def finish_or_stall(
     """The batch's result, or an error once no task has reached the model for a while (a worker
     that fails every workflow task would otherwise keep the bench waiting for ever)."""
     waiting = asyncio.ensure_future(result)
-    seen, last_progress = -1, time.monotonic()
+    began = last_note = time.monotonic()
+    seen, last_progress = -1, began
     try:
         while True:
             done, _ = await asyncio.wait([waiting], timeout=STALL_CHECK_EVERY)
@@ -652,6 +839,9 @@ async def finish_or_stall(
                 return waiting.result()
             if model.total_requests != seen:
                 seen, last_progress = model.total_requests, time.monotonic()
+            if time.monotonic() - last_note >= PROGRESS_EVERY:
+                last_note = time.monotonic()
+                progress(f"batch: {seen} model requests after {last_note - began:.0f} s")
             stalled = time.monotonic() - last_progress > STALL_SECONDS + latency
             if stalled or worker.poll() is not None:
                 raise RuntimeError(
@@ -678,9 +868,17 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     batch_id = f"bench-batch-{uuid.uuid4().hex[:8]}"
     types = {key.name: key.indexed_value_type.name.title() for key in names.SEARCH_ATTRIBUTES}
+    config = common.server()
+    options = BatchOptions(concurrency=plan.window, agent=AgentSettings(model=MODEL))
+    if plan.continue_as_new_after is not None:
+        options.continue_as_new_after = plan.continue_as_new_after
+    progress(
+        f"taskpool: {plan.tasks} tasks, W = {plan.window}, L = {plan.latency:g} s, "
+        f"server {config.name}"
+    )
     with tempfile.TemporaryDirectory(prefix="taskpool-bench-") as tmp:
         async with (
-            bench_server(sqlite_pragmas=common.pragmas, search_attributes=types) as server,
+            bench_server(config=config, search_attributes=types) as server,
             ScriptedModelServer(latency=plan.latency) as model,
         ):
             client = await connect({"TEMPORAL_ADDRESS": server.address})
@@ -696,7 +894,7 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
                     specs,
                     task_queue=queue,
                     store=env["TASKPOOL_STORE"],
-                    options=BatchOptions(concurrency=plan.window, agent=AgentSettings(model=MODEL)),
+                    options=options,
                 )
                 result = await finish_or_stall(
                     handle.result(), model, worker, Path(tmp) / "worker.log", plan.latency
@@ -732,13 +930,19 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
         rss_start_mb=rss_start,
         rss_sampled_peak_mb=rss_sampled,
         rss_peak_mb=rss_peak,
-        start_payload_bytes=start_payload_bytes(specs),
+        start_payload_bytes=start_payload_bytes(specs, options),
+        server=config.name,
         history=histories,
     )
 
 
-async def run_ceiling(tasks: int, window: int, common: Common) -> dict[str, Any]:
-    argv = ["--tasks", str(tasks), "--window", str(window)]
+async def run_ceiling(
+    tasks: int, window: int, common: Common, server: str | None = None
+) -> dict[str, Any]:
+    """bench/ceiling.py's measurement on the `server` configuration (else the common one)."""
+    name = server or common.server_name
+    progress(f"ceiling: {tasks} tasks, W = {window}, server {name}")
+    argv = ["--tasks", str(tasks), "--window", str(window), "--server", name]
     for key, value in common.pragmas.items():
         argv += ["--pragma", f"{key}={value}"]
     return await measure_ceiling(ceiling_args(argv))
@@ -752,25 +956,32 @@ def verdict(ok: bool) -> str:
 
 
 def mb(size: float) -> str:
-    return f"{size / MB:.2f} MB"
+    """A size in MB, or in kB while it is small enough that MB would show as 0.00."""
+    return f"{size / MB:.2f} MB" if size >= MB / 10 else f"{size / 1024:.1f} kB"
 
 
 def cpu_row(name: str, run: TaskpoolRun) -> str:
     per_task = run.cpu.per_task_ms(run.plan.tasks)
     util = run.cpu.utilisation()
     return (
-        f"| {name} | {run.plan.tasks} | {run.plan.window} | {run.plan.latency:g} | "
-        f"{run.cpu.wall_s:.1f} | {run.tasks_per_s:.2f} | {per_task['server']:.1f} | "
-        f"{util['server']:.0%} | {per_task['worker']:.1f} | {util['worker']:.0%} | "
-        f"{util['bench']:.0%} | {util['other']:.0%} | {util['machine']:.0%} |"
+        f"| {name} | {run.server} | {run.plan.tasks} | {run.plan.window} | "
+        f"{run.plan.latency:g} | {run.cpu.wall_s:.1f} | {run.tasks_per_s:.2f} | "
+        f"{per_task['server']:.1f} | {util['server']:.0%} | {per_task['worker']:.1f} | "
+        f"{util['worker']:.0%} | {util['bench']:.0%} | {util['other']:.0%} | "
+        f"{util['machine']:.0%} |"
     )
 
 
 CPU_HEADER = (
-    "| run | tasks | W | L s | wall s | tasks/s | server ms CPU/task | server util | "
+    "| run | dev server | tasks | W | L s | wall s | tasks/s | server ms CPU/task | server util | "
     "worker ms CPU/task | worker util | bench util | others | machine busy |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
+
+
+def server_line(common: Common, *names: str) -> str:
+    shown = dict.fromkeys(names or (common.server_name,))
+    return "Dev server: " + "; ".join(common.server(name).describe() for name in shown) + "."
 
 
 def usage_lines(run: TaskpoolRun) -> list[str]:
@@ -781,7 +992,9 @@ def usage_lines(run: TaskpoolRun) -> list[str]:
         f"by the batch's status; tokens per task (the scripted model's estimate, chars/4): "
         f"{per['prompt_tokens']:.0f} prompt + {per['completion_tokens']:.0f} completion = "
         f"{per['prompt_tokens'] + per['completion_tokens']:.0f}; task input {run.plan.tasks} x "
-        f"summarise, {run.start_payload_bytes / run.plan.tasks:.0f} bytes of start payload each.",
+        f"summarise. Start input (the packed per-task state; definitions are in the task store) "
+        f"{run.start_payload_bytes} bytes, {run.start_payload_bytes / run.plan.tasks:.1f} per "
+        "task.",
     ]
 
 
@@ -789,7 +1002,7 @@ def slot_line(run: TaskpoolRun) -> str:
     """A slot's turnaround against a task's own run: the difference is spent starting children
     and hearing back from them."""
     slot = run.plan.window * run.cpu.wall_s / run.plan.tasks
-    own = run.history.phases_s.get("child begins -> child closed") if run.history else None
+    own = run.history.phases_s.get(OWN_RUN_SPAN) if run.history else None
     own_text = f"; a task's own run took {statistics.median(own):.2f} s (median)" if own else ""
     return (
         f"Each of the {run.plan.window} slots turned over once every {slot:.2f} s on average "
@@ -797,24 +1010,40 @@ def slot_line(run: TaskpoolRun) -> str:
     )
 
 
+def size_row(kind: str, s: dict[str, Any]) -> str:
+    if not s["histories"]:
+        return f"| {kind} | 0 | - | - | - | - | - | - |"
+    return (
+        f"| {kind} | {s['histories']} | {s['events_max']} ({s['events_max_in']}) | "
+        f"{s['events_mean']:.1f} | {mb(s['largest_payload_bytes'])} ({s['largest_payload_in']}) | "
+        f"{mb(s['largest_event_bytes'])} {s['largest_event_type']} ({s['largest_event_in']}) | "
+        f"{s['over_target']} | {verdict(s['within_targets'])} |"
+    )
+
+
 def history_lines(report: HistoryReport, tasks: int) -> list[str]:
     s = report.summary()
+    reports = ", ".join(f"{count} by {how}" for how, count in report.reports.items())
     lines = [
-        f"Histories: {s['batch_runs']} batch run(s), at most {s['batch_events_per_run_max']} "
-        f"events in one; {s['batch_events_per_task']:.1f} batch events per task; task children "
-        f"{s['child_events_mean']:.1f} events on average, at most {s['child_events_max']}. "
-        f"Largest payload {mb(s['largest_payload_bytes'])} (in {s['largest_payload_in']}), "
-        f"largest event {mb(s['largest_event_bytes'])} ({s['largest_event_type']}). "
         f"Every history under {TARGET_EVENTS} events and every payload under "
-        f"{mb(TARGET_PAYLOAD)}: {verdict(s['within_targets'])}.",
+        f"{mb(TARGET_PAYLOAD)}: {verdict(s['within_targets'])} ({len(report.all)} histories "
+        f"read: {len(report.batch_runs)} batch run(s) and {len(report.children)} task children).",
         "",
-        "| batch run | events | largest payload | largest event |",
-        "|---:|---:|---:|---|",
+        "| workflows | histories | events, most (in) | events, mean | largest payload (in) | "
+        "largest event (in) | over a target | verdict |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
+        size_row("batch runs", s["batch_runs"]),
+        size_row("task children", s["children"]),
+        "",
+        "| batch run | reports taken | events | largest payload | largest event | verdict |",
+        "|---:|---:|---:|---:|---|---|",
     ]
     lines += [
-        f"| {n} | {h.events} | {mb(h.largest_payload_bytes)} | "
-        f"{mb(h.largest_event_bytes)} {h.largest_event_type} |"
-        for n, h in enumerate(report.batch_runs, 1)
+        f"| {n} | {reports} | {h.events} | {mb(h.largest_payload_bytes)} | "
+        f"{mb(h.largest_event_bytes)} {h.largest_event_type} | {verdict(h.within_targets)} |"
+        for n, (h, reports) in enumerate(
+            zip(report.batch_runs, report.reports_per_run, strict=True), 1
+        )
     ]
     per_task = ", ".join(
         f"{name} {count / tasks:.2f}" for name, count in report.batch_event_types.items()
@@ -822,12 +1051,19 @@ def history_lines(report: HistoryReport, tasks: int) -> list[str]:
     child = ", ".join(
         f"{name} {count / tasks:.2f}" for name, count in report.child_event_types.items()
     )
-    lines += ["", f"Batch events per task by type: {per_task}.", f"Child events by type: {child}."]
+    lines += [
+        "",
+        f"How outcomes reached the batch: {reports or 'none seen'}; {report.handed_over} "
+        f"children confirmed a hand-over before continue-as-new. "
+        f"{s['batch_events_per_task']:.1f} batch events per task.",
+        f"Batch events per task by type: {per_task}.",
+        f"Child events per task by type: {child}.",
+    ]
     problems = ", ".join(
         f"{name} x{count}" for name, count in report.workflow_task_problems.items()
     )
     lines.append(f"Workflow tasks that failed or timed out (each retried): {problems or 'none'}.")
-    if report.phases_s:
+    if any(report.phases_s.values()):
         lines += [
             "",
             "| where a task's time goes | median ms | p90 ms | n |",
@@ -873,41 +1109,67 @@ class Section:
 # --- the parts --------------------------------------------------------------------------------
 
 
-async def ceiling_vs_taskpool(tasks: int, window: int, common: Common) -> Section:
-    ceiling = await run_ceiling(tasks, window, common)
+async def ceiling_vs_taskpool(
+    tasks: int, window: int, common: Common, ceiling_server: str | None = None
+) -> Section:
+    """The ceiling on the taskpool run's server, and also on `ceiling_server` when that differs:
+    the issue compares taskpool on the durable server with the ceiling on the untuned one."""
+    other = ceiling_server if ceiling_server not in (None, common.server_name) else None
+    ceilings: dict[str, dict[str, Any]] = {}
+    for name in (other, common.server_name):
+        if name is not None:
+            ceilings[name] = await run_ceiling(tasks, window, common, name)
     run = await run_taskpool(
         BatchPlan(tasks=tasks, window=window, latency=0.0, histories=True), common
     )
-    ratio = run.tasks_per_s / ceiling["tasks_per_s"]
-    server_ratio = (run.cpu.server_s / tasks) / ceiling["server_cpu_s_per_task"]
+    same = ceilings[common.server_name]
+    ratio = run.tasks_per_s / same["tasks_per_s"]
+    server_ratio = (run.cpu.server_s / tasks) / same["server_cpu_s_per_task"]
     lines = [
-        f"Same N = {tasks} and W = {window}, scripted model at zero latency, fresh dev server "
-        f"(SQLite file, pragmas: {common.pragmas or 'defaults'}) for each.",
+        f"Same N = {tasks} and W = {window}, scripted model at zero latency, a fresh dev server "
+        "(SQLite file) for each run.",
+        server_line(common, *ceilings),
         "",
-        "| run | tasks/s | server ms CPU/task | server util | worker ms CPU/task | worker util |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| ceiling (1 no-op activity per child, in-process worker) | "
-        f"{ceiling['tasks_per_s']:.2f} | {1000 * ceiling['server_cpu_s_per_task']:.1f} | "
-        f"{ceiling['server_cpu_util']:.0%} | {1000 * ceiling['worker_cpu_s_per_task']:.1f} | "
-        f"{ceiling['worker_cpu_util']:.0%} |",
-        f"| taskpool (worker.py process) | {run.tasks_per_s:.2f} | "
+        "| run | dev server | tasks/s | server ms CPU/task | server util | worker ms CPU/task | "
+        "worker util |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| ceiling (1 no-op activity per child, in-process worker) | {name} | "
+        f"{c['tasks_per_s']:.2f} | {1000 * c['server_cpu_s_per_task']:.1f} | "
+        f"{c['server_cpu_util']:.0%} | {1000 * c['worker_cpu_s_per_task']:.1f} | "
+        f"{c['worker_cpu_util']:.0%} |"
+        for name, c in ceilings.items()
+    ]
+    lines += [
+        f"| taskpool (worker.py process) | {run.server} | {run.tasks_per_s:.2f} | "
         f"{1000 * run.cpu.server_s / tasks:.1f} | {run.cpu.utilisation()['server']:.0%} | "
         f"{1000 * run.cpu.worker_s / tasks:.1f} | {run.cpu.utilisation()['worker']:.0%} |",
         "",
-        f"taskpool / ceiling: {ratio:.2f}x tasks/s (target >= {TARGET_RATIO:.1f}x: "
-        f"{verdict(ratio >= TARGET_RATIO)}); {server_ratio:.2f}x the server's CPU per task.",
-        "",
-        CPU_HEADER,
-        cpu_row("taskpool", run),
-        "",
-        *usage_lines(run),
+        f"taskpool / ceiling, both on {run.server}: {ratio:.2f}x tasks/s (target >= "
+        f"{TARGET_RATIO:.1f}x: {verdict(ratio >= TARGET_RATIO)}); {server_ratio:.2f}x the "
+        "server's CPU per task.",
     ]
+    data: dict[str, Any] = {"ceiling": same, "taskpool": run_json(run), "ratio": ratio}
+    if other is not None:
+        cross = run.tasks_per_s / ceilings[other]["tasks_per_s"]
+        target = (
+            f" (target >= {TARGET_TUNED_RATIO:.1f}x: {verdict(cross >= TARGET_TUNED_RATIO)})"
+            if (run.server, other) == ("durable", "untuned")
+            else ""
+        )
+        lines.append(
+            f"taskpool on {run.server} / ceiling on {other}: {cross:.2f}x tasks/s{target}."
+        )
+        data.update(ceiling_other=ceilings[other], ratio_other=cross)
+    lines += ["", CPU_HEADER, cpu_row("taskpool", run), "", *usage_lines(run)]
     if run.history is not None:
         lines += ["", slot_line(run), "", *history_lines(run.history, tasks)]
     return Section(
-        title=f"taskpool vs ceiling: {tasks} tasks, window {window}",
+        title=f"taskpool vs ceiling: {tasks} tasks, window {window}, taskpool on {run.server}"
+        + (f", ceiling also on {other}" if other else ""),
         body="\n".join(lines),
-        data={"ceiling": ceiling, "taskpool": run_json(run), "ratio": ratio},
+        data=data,
     )
 
 
@@ -934,6 +1196,7 @@ async def utilisation(
         f"Model latency L = {latency:g} s; ideal rate W / L. Ceiling {ceiling_rate:.1f} tasks/s "
         f"({ceiling_note}). End to end: all tasks over the batch's wall time; steady: requests "
         "per second at the model without the first and last tenth (no start-up or drain).",
+        server_line(common),
         "",
         "| W | tasks | ideal tasks/s | end-to-end tasks/s | steady tasks/s | utilisation "
         "(end to end) | utilisation (steady) | of min(W / L, ceiling) | slot turnaround s "
@@ -974,6 +1237,7 @@ async def worker_rss(tasks: int, window: int, latency: float, common: Common) ->
         f"`python worker.py` as its own process, W = {window}, L = {latency:g} s, {tasks} tasks "
         f"(at most {run.model_peak_concurrency} model calls in flight at once). "
         f"/proc/<pid>/status sampled every {RSS_SAMPLE_EVERY:g} s.",
+        server_line(common),
         "",
         f"RSS when the batch started {run.rss_start_mb:.1f} MB; largest sample "
         f"{run.rss_sampled_peak_mb:.1f} MB; peak (VmHWM) {run.rss_peak_mb:.1f} MB; "
@@ -993,66 +1257,92 @@ async def probe_start(tasks: int, common: Common) -> str:
     """Whether the server accepts the start of a `tasks`-task batch (no worker: it never runs)."""
     specs = documents(tasks, common.input_chars)
     size = start_payload_bytes(specs)
-    async with bench_server(sqlite_pragmas=common.pragmas) as server:
-        client = await connect({"TEMPORAL_ADDRESS": server.address})
-        try:
-            handle = await start_batch(
-                client,
-                f"probe-{uuid.uuid4().hex[:8]}",
-                specs,
-                task_queue="no-worker",
-                store=":memory:",
-            )
-        except RPCError as err:
-            return f"start input {mb(size)}: the server rejected the start: {err.message[:200]}"
-        await handle.terminate(reason="probe only")
+    with tempfile.TemporaryDirectory(prefix="taskpool-probe-") as tmp:
+        async with bench_server(config=common.server()) as server:
+            client = await connect({"TEMPORAL_ADDRESS": server.address})
+            try:
+                handle = await start_batch(
+                    client,
+                    f"probe-{uuid.uuid4().hex[:8]}",
+                    specs,
+                    task_queue="no-worker",
+                    store=str(Path(tmp) / "tasks.db"),
+                )
+            except BatchTooLargeError as err:
+                return f"start input {mb(size)}: start_batch refused it: {err}"
+            except RPCError as err:
+                return f"start input {mb(size)}: the server rejected the start: {err.message[:200]}"
+            await handle.terminate(reason="probe only")
     return f"start input {mb(size)}: the server accepted the start (terminated at once)"
 
 
-async def history(tasks: int, window: int, probe_tasks: int, common: Common) -> Section:
+async def history(
+    tasks: int,
+    window: int,
+    probe_tasks: int,
+    common: Common,
+    continue_as_new_after: int | None = None,
+) -> Section:
     lines = [
-        f"A {tasks}-task batch, W = {window}, model latency 0; histories fetched after it "
-        "finished, every batch run (following continue-as-new) and every task child.",
+        f"A {tasks}-task batch, W = {window}, model latency 0, run to completion; then the "
+        "history of every batch run (following continue-as-new) and of every task child.",
+        server_line(common),
     ]
     if tasks < HISTORY_TARGET_TASKS:
         lines.append(
-            f"NOTE: {tasks} tasks, not the target's {HISTORY_TARGET_TASKS}, to keep the run short; "
-            "per-task figures scale, the start payload is measured for the full size below."
+            f"NOTE: {tasks} tasks, not the target's {HISTORY_TARGET_TASKS}: children's histories "
+            "do not depend on the batch's size, batch runs do (see the projection below)."
         )
     probe = None
     if probe_tasks:
         probe = await probe_start(probe_tasks, common)
-        lines.append(f"Starting a {probe_tasks}-task batch: {probe}.")
+        lines.append(f"Starting a {probe_tasks}-task batch without a worker: {probe}.")
     try:
-        run = await run_taskpool(
-            BatchPlan(tasks=tasks, window=window, latency=0.0, histories=True), common
+        plan = BatchPlan(
+            tasks=tasks,
+            window=window,
+            latency=0.0,
+            histories=True,
+            continue_as_new_after=continue_as_new_after,
         )
+        run = await run_taskpool(plan, common)
     except RPCError as err:
         lines.append(f"The {tasks}-task batch did not start: {err.message[:300]}")
         return Section(title=f"taskpool history: {tasks} tasks", body="\n".join(lines), data={})
     assert run.history is not None
     lines += [
-        f"Ran at {run.tasks_per_s:.2f} tasks/s; start input {mb(run.start_payload_bytes)}.",
+        f"Ran at {run.tasks_per_s:.2f} tasks/s in {run.cpu.wall_s:.0f} s; start input (packed "
+        f"per-task state) {mb(run.start_payload_bytes)}, of the {mb(SERVER_PAYLOAD_LIMIT)} the "
+        "server takes.",
         slot_line(run),
         "",
         *history_lines(run.history, tasks),
     ]
-    events_per_task = run.history.summary()["batch_events_per_task"]
-    bytes_per_task = run.start_payload_bytes / tasks
-    lines += [
-        "",
-        f"Projection to {HISTORY_TARGET_TASKS} tasks: start input about "
-        f"{mb(bytes_per_task * HISTORY_TARGET_TASKS)} (server limit {mb(SERVER_PAYLOAD_LIMIT)}); "
-        f"{events_per_task * HISTORY_TARGET_TASKS:.0f} batch events in all, spread over runs by "
-        f"continue-as-new. With {common.input_chars}-character inputs "
-        f"({bytes_per_task:.0f} bytes per task in the start input) a batch starts with at most "
-        f"{int(SERVER_PAYLOAD_LIMIT // bytes_per_task)} tasks, and stays under the "
-        f"{mb(TARGET_PAYLOAD)} target with at most {int(TARGET_PAYLOAD // bytes_per_task)}.",
-    ]
+    if tasks < HISTORY_TARGET_TASKS:
+        lines += ["", projection(run.history, continue_as_new_after)]
     return Section(
         title=f"taskpool history: {tasks} tasks",
         body="\n".join(lines),
         data={"probe": probe, **run_json(run)},
+    )
+
+
+def projection(report: HistoryReport, continue_as_new_after: int | None) -> str:
+    """Batch events at the target's size, from the run here that took the most reports."""
+    per_run = continue_as_new_after or BatchOptions().continue_as_new_after
+    events_per_task = report.summary()["batch_events_per_task"]
+    reports, fullest = max(zip(report.reports_per_run, report.batch_runs, strict=True))
+    per_report = fullest.events / max(reports, 1)
+    return (
+        f"Projection to {HISTORY_TARGET_TASKS} tasks: about "
+        f"{events_per_task * HISTORY_TARGET_TASKS:.0f} batch events in all. A run continues as "
+        f"new after {per_run} reports (or when the server suggests it); at the "
+        f"{per_report:.1f} events per report of the fullest run here ({fullest.label}: "
+        f"{fullest.events} events for {reports} reports, the window's starts included) that is "
+        f"about {per_report * per_run:.0f} events, but the server suggests continuing once a "
+        f"run has {SUGGEST_CONTINUE_AS_NEW_EVENTS} events, so a run would end near "
+        f"{min(per_report * per_run, SUGGEST_CONTINUE_AS_NEW_EVENTS):.0f} plus its hand-over "
+        f"(target < {TARGET_EVENTS}). Only the full run measures it."
     )
 
 
@@ -1062,7 +1352,18 @@ async def history(tasks: int, window: int, probe_tasks: int, common: Common) -> 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--pragma", action="append", default=[], metavar="K=V", help="SQLite pragma (all servers)"
+        "--server",
+        choices=sorted(SERVER_CONFIGS),
+        default="untuned",
+        help="dev server configuration for every server started (untuned: the CLI's defaults; "
+        "durable: what `taskpool demo` runs)",
+    )
+    common.add_argument(
+        "--pragma",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="SQLite pragma on top of --server's (all servers)",
     )
     common.add_argument(
         "--input-chars", type=int, default=300, help="characters of input per task (300)"
@@ -1076,6 +1377,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     compare = parts.add_parser("ceiling-vs-taskpool", parents=[common])
     compare.add_argument("--tasks", type=int, default=500, help="tasks (500)")
     compare.add_argument("--window", type=int, default=50, help="in flight (50)")
+    compare.add_argument(
+        "--ceiling-server",
+        choices=sorted(SERVER_CONFIGS),
+        help="also measure the ceiling on this configuration (default: --server's only)",
+    )
 
     util = parts.add_parser("utilisation", parents=[common])
     util.add_argument("--windows", type=int, nargs="+", default=[10, 100], help="W (10 100)")
@@ -1105,10 +1411,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=HISTORY_TARGET_TASKS,
         help="also try to start this many tasks without running them; 0 skips (10000)",
     )
+    hist.add_argument(
+        "--continue-as-new-after",
+        type=int,
+        help="reports per batch run (default: BatchOptions'); low values exercise the hand-over",
+    )
 
     every = parts.add_parser("all", parents=[common])
     every.add_argument("--tasks", type=int, default=500, help="ceiling-vs-taskpool tasks (500)")
     every.add_argument("--window", type=int, default=50, help="ceiling-vs-taskpool W (50)")
+    every.add_argument(
+        "--ceiling-server",
+        choices=sorted(SERVER_CONFIGS),
+        help="ceiling-vs-taskpool: also measure the ceiling on this configuration",
+    )
     every.add_argument(
         "--history-tasks", type=int, default=HISTORY_TARGET_TASKS, help="history tasks (10000)"
     )
@@ -1116,6 +1432,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name in ("tasks", "history_tasks", "input_chars"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if (getattr(args, "continue_as_new_after", None) or 1) < 1:
+        parser.error("--continue-as-new-after must be >= 1")
     # The batch workflow's own bound (BatchOptions.concurrency).
     for window in [getattr(args, "window", 1), *getattr(args, "windows", [])]:
         if not 1 <= window <= 1000:
@@ -1125,7 +1443,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
     if args.part == "ceiling-vs-taskpool":
-        return [await ceiling_vs_taskpool(args.tasks, args.window, common)]
+        return [await ceiling_vs_taskpool(args.tasks, args.window, common, args.ceiling_server)]
     if args.part == "utilisation":
         return [
             await utilisation(
@@ -1135,8 +1453,16 @@ async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
     if args.part == "rss":
         return [await worker_rss(args.tasks, args.window, args.latency, common)]
     if args.part == "history":
-        return [await history(args.history_tasks, args.window, args.probe_tasks, common)]
-    compared = await ceiling_vs_taskpool(args.tasks, args.window, common)
+        return [
+            await history(
+                args.history_tasks,
+                args.window,
+                args.probe_tasks,
+                common,
+                args.continue_as_new_after,
+            )
+        ]
+    compared = await ceiling_vs_taskpool(args.tasks, args.window, common, args.ceiling_server)
     ceiling_rate = float(compared.data["ceiling"]["tasks_per_s"])
     return [
         compared,
@@ -1149,7 +1475,7 @@ async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     pragmas = parse_pairs(args.pragma, "--pragma")
-    common = Common(pragmas=pragmas, input_chars=args.input_chars)
+    common = Common(server_name=args.server, pragmas=pragmas, input_chars=args.input_chars)
     command = command_line()
     for section in asyncio.run(run_parts(args, common)):
         print(f"## {section.title}\n\n{section.body}\n")
