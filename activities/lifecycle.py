@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from taskpool import names
 from taskpool.models import LoadTaskRequest, RecordTasksRequest, RegisterTasksRequest, TaskSpec
 from taskpool.store import TaskStore
+from taskpool.store.common import UnknownTaskError
 
 
 class LifecycleActivities:
@@ -43,4 +44,16 @@ class LifecycleActivities:
 
     @activity.defn(name=names.RECORD_TASKS)
     async def record_tasks(self, request: RecordTasksRequest) -> None:
-        await self._store.apply(request.updates)
+        updates = list(request.updates)
+        while updates:
+            try:
+                await self._store.apply(updates)
+            except UnknownTaskError as err:
+                # A task the store never had (a batch started without registering, or a worker
+                # on another store): retrying cannot help, and the other tasks' writes must land.
+                activity.logger.warning("Store write skipped: %s", err)
+                updates = [
+                    u for u in updates if (u.batch_id, u.task_id) != (err.batch_id, err.task_id)
+                ]
+            else:
+                return

@@ -30,7 +30,7 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.packing import pack
-from taskpool.scheduling import TaskEntry
+from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry
 from taskpool.store import TaskStore, open_store
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
@@ -44,25 +44,35 @@ REGISTER_CHUNK = 1000
 
 
 class BatchTooLargeError(ValueError):
-    def __init__(self, size: int, tasks: int) -> None:
+    @classmethod
+    def by_size(cls, size: int, tasks: int) -> BatchTooLargeError:
         per_task = max(size / max(tasks, 1), 0.001)
         fits = max(int(MAX_START_BYTES / per_task), 1)
-        super().__init__(
+        return cls(
             f"the batch's {tasks} tasks pack to {size / 1e6:.1f} MB of state, over the "
             f"{MAX_START_BYTES / 1e6:.0f} MB one batch can carry (long or random task ids take "
             f"the most room); split the file into batches of at most about {fits} tasks like these"
         )
 
+    @classmethod
+    def by_count(cls, tasks: int) -> BatchTooLargeError:
+        return cls(
+            f"the file has {tasks} tasks; one batch holds at most {MAX_TASKS_PER_BATCH}: split the "
+            "file into several batches"
+        )
+
 
 def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> BatchRun:
     """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits."""
+    if len(tasks) > MAX_TASKS_PER_BATCH:
+        raise BatchTooLargeError.by_count(len(tasks))
     run = BatchRun(
         tasks=pack([TaskEntry.from_spec(spec) for spec in tasks]),
         options=options or BatchOptions(),
     )
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
-        raise BatchTooLargeError(size, len(tasks))
+        raise BatchTooLargeError.by_size(size, len(tasks))
     return run
 
 

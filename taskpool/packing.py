@@ -92,14 +92,19 @@ def unpack(packed: PackedTasks) -> list[TaskEntry]:
     if packed.encoding != ENCODING:
         raise PackingError(f"unknown task state encoding {packed.encoding!r}")
     try:
-        document = json.loads(lzma.decompress(base64.b64decode(packed.data)))
-        ids: list[str] = document["ids"]
-        statuses: str = document["status"]
-        priorities: str = document["priority"]
-        attempts: list[int] = document["attempts"]
-    except (ValueError, KeyError, lzma.LZMAError) as err:
-        raise PackingError(f"the packed task state cannot be read: {err}") from err
-    if not len(ids) == len(statuses) == len(priorities) == len(attempts) == packed.count:
+        return _entries(json.loads(lzma.decompress(base64.b64decode(packed.data))), packed.count)
+    except PackingError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, lzma.LZMAError) as err:
+        raise PackingError(f"the packed task state cannot be read: {err!r}") from err
+
+
+def _entries(document: dict[str, Any], count: int) -> list[TaskEntry]:
+    ids: list[str] = document["ids"]
+    statuses: str = document["status"]
+    priorities: str = document["priority"]
+    attempts: list[int] = document["attempts"]
+    if not len(ids) == len(statuses) == len(priorities) == len(attempts) == count:
         raise PackingError("the packed task state's columns disagree in length")
     retries = _sparse(document, "retries")
     depends_on = _sparse(document, "depends_on")

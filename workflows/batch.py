@@ -66,7 +66,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskpool.packing import pack, unpack
     from taskpool.policies import STORE_WRITE_OPTIONS
-    from taskpool.scheduling import TaskEntry, TaskTable
+    from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
 
 # A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
 # child starts, child signals and store writes go out in groups of this size.
@@ -252,6 +252,11 @@ class BatchWorkflow:
         self._reject_if_closing()
         if not request.tasks:
             raise ValueError("no tasks to add")
+        if len(self._table) + len(request.tasks) > MAX_TASKS_PER_BATCH:
+            raise ValueError(
+                f"the batch has {len(self._table)} tasks and holds at most "
+                f"{MAX_TASKS_PER_BATCH}; start another batch for these {len(request.tasks)}"
+            )
         new_ids = [t.id for t in request.tasks]
         problems = []
         seen: set[str] = set()

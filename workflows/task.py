@@ -132,9 +132,11 @@ class TaskWorkflow:
                 result_type=TaskSpec,
                 **STORE_WRITE_OPTIONS,
             )
-        except ActivityError as err:
-            cause = err.cause.message if isinstance(err.cause, FailureError) else str(err)
-            self._fail("definition_missing", cause)
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's own failure arrives as it was raised, not wrapped.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            message = cause.message if isinstance(cause, FailureError) else str(err)
+            self._fail("definition_missing", message)
             return None
         return spec
 

@@ -1,0 +1,178 @@
+"""Task definitions live in the task store, not in history: the starter writes them before the
+batch starts, each task workflow reads its own, and a missing one fails its task, not the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from taskpool import agents, names
+from taskpool.batches import batch_run, start_batch
+from taskpool.models import (
+    BatchResult,
+    BatchState,
+    Priority,
+    TaskOutcome,
+    TaskQuery,
+    TaskSpec,
+    TaskStatus,
+    TaskView,
+)
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from taskpool.store import TaskStore
+from tests.conftest import make_worker
+
+# Long enough that carrying it anywhere in a payload would show in the payload's size.
+INPUT_CHARS = 20_000
+BATCH_WAIT = 20.0
+
+
+def long_input(marker: str) -> str:
+    sentence = f"{marker} is the paragraph only this document has. "
+    return (sentence * (INPUT_CHARS // len(sentence) + 1))[:INPUT_CHARS]
+
+
+def definitions() -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            id="contract-17",
+            input=long_input("ZEBRA-CLAUSE-17"),
+            label="Supplier contract 17",
+            kind="summarize",
+            priority=Priority.HIGH,
+            metadata={"source": "s3://archive/contract-17.txt", "pages": 12},
+        ),
+        TaskSpec(
+            id="ticket-4",
+            input={"text": long_input("OKAPI-TICKET-4"), "labels": ["billing", "outage"]},
+            label="Support ticket 4",
+            kind="classify",
+            priority=Priority.CRITICAL,
+            metadata={"customer": "acme", "tags": ["eu", "priority"]},
+        ),
+        TaskSpec(id="note-9", input=long_input("NARWHAL-NOTE-9"), priority=Priority.LOW),
+    ]
+
+
+async def result_in_time(handle: WorkflowHandle[Any, BatchResult]) -> BatchResult:
+    """The batch's result; a batch that does not end is terminated, so that its stuck workflow
+    tasks cannot keep the worker (and the test session) from shutting down."""
+    try:
+        return await asyncio.wait_for(handle.result(), BATCH_WAIT)
+    except TimeoutError:
+        await handle.terminate(reason="the test gave up waiting")
+        pytest.fail(f"batch {handle.id} did not end within {BATCH_WAIT:.0f} s")
+
+
+async def history_start_input(client: Client, workflow_id: str) -> bytes:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    first = history.events[0]
+    assert first.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
+    payloads = first.workflow_execution_started_event_attributes.input.payloads
+    return b"".join(payload.data for payload in payloads)
+
+
+async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_task(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    specs = definitions()
+    # No worker yet: whatever the store holds now, the starter wrote before any workflow code ran.
+    handle = await start_batch(
+        client, batch_id, specs, task_queue=settings.task_queue, store=settings.store_url
+    )
+
+    records = await store.list_tasks(batch_id)
+    assert [r.task_id for r in records] == [s.id for s in specs]
+    for spec, record in zip(specs, records, strict=True):
+        assert record.input == spec.input
+        assert record.label == spec.display_label
+        assert record.kind == spec.kind
+        assert record.priority is spec.priority
+        assert record.metadata == spec.metadata
+        # Not yet settled by the batch: the workflow has not run.
+        assert record.status is TaskStatus.PENDING
+
+    started = await history_start_input(client, batch_id)
+    assert len(started) < 2_000, f"the batch's start input is {len(started)} bytes"
+    for spec in specs:
+        assert spec.id.encode() not in started  # ids are packed, so not even they show
+    assert b"ZEBRA-CLAUSE-17" not in started
+
+    running, (worker_store, llm) = make_worker(client, settings)
+    try:
+        async with running:
+            result = await result_in_time(handle)
+    finally:
+        await llm.close()
+        await worker_store.close()
+
+    assert result.state is BatchState.COMPLETED
+    assert result.counts["completed"] == len(specs)
+    for spec in specs:
+        (request,) = scripted.records_for(f"{batch_id}/{spec.id}")
+        assert request.body is not None
+        system, user = request.body["messages"][:2]
+        assert system["content"] == agents.KINDS[spec.kind].system_prompt()
+        text = spec.input if isinstance(spec.input, str) else spec.input["text"]
+        assert isinstance(text, str)
+        assert text in user["content"]
+        assert spec.display_label in user["content"]
+        # Neither does the task's own workflow carry the definition: it read it from the store.
+        child_input = await history_start_input(
+            client, names.task_workflow_id(batch_id, spec.id, 1)
+        )
+        assert text[:40].encode() not in child_input
+        assert len(child_input) < 2_000
+    stored = await store.list_tasks(batch_id, status=TaskStatus.COMPLETED)
+    assert len(stored) == len(specs)
+
+
+async def test_a_task_whose_definition_is_missing_fails_and_the_batch_ends(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    specs = definitions()
+    # Started the way the CLI or another tool could, without registering the definitions.
+    handle = await client.start_workflow(
+        names.BATCH_WORKFLOW,
+        batch_run(specs),
+        id=batch_id,
+        task_queue=settings.task_queue,
+        result_type=BatchResult,
+    )
+
+    result = await result_in_time(handle)
+
+    assert result.state is BatchState.FAILED
+    assert result.counts["failed"] == len(specs)
+    assert scripted.total_requests == 0
+    for spec in specs:
+        view: TaskView = await handle.query(
+            names.TASK, TaskQuery(task_id=spec.id), result_type=TaskView
+        )
+        assert view.status is TaskStatus.FAILED
+        assert view.error is not None
+        assert view.error.code == "definition_missing"
+        assert repr(spec.id) in view.error.message
+        assert "task store" in view.error.message
+        child = client.get_workflow_handle(
+            names.task_workflow_id(batch_id, spec.id, 1), result_type=TaskOutcome
+        )
+        outcome = await child.result()
+        assert outcome.status is TaskStatus.FAILED
+        assert outcome.error == view.error
+    assert await store.list_tasks(batch_id) == []
