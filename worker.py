@@ -83,8 +83,10 @@ def build_worker(
         # activity on it that goes through the server (store writes are local activities), so it
         # limits model calls.
         max_task_queue_activities_per_second=None if rpm is None else task_queue_rate(rpm),
-        # Eager execution would bypass task-queue rate limits on the LLM activity.
-        disable_eager_activity_execution=True,
+        # Eager execution hands the LLM activity to this worker in the reply to the workflow
+        # task that scheduled it (one server round trip less per turn), but it bypasses the
+        # task-queue rate limit, so a rate-limited worker does without.
+        disable_eager_activity_execution=rpm is not None,
     )
 
 

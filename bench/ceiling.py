@@ -45,18 +45,23 @@ with workflow.unsafe.imports_passed_through():
 class CeilingInput:
     tasks: int
     window: int
+    activity_seconds: float = 0.0
 
 
 @activity.defn
-async def noop() -> None:
-    return None
+async def noop(seconds: float) -> None:
+    # A stand-in for a model call of this latency (0: the bare ceiling).
+    if seconds:
+        await asyncio.sleep(seconds)
 
 
 @workflow.defn
 class CeilingChild:
     @workflow.run
-    async def run(self) -> None:
-        await workflow.execute_activity(noop, start_to_close_timeout=timedelta(seconds=60))
+    async def run(self, seconds: float) -> None:
+        await workflow.execute_activity(
+            noop, seconds, start_to_close_timeout=timedelta(seconds=60 + seconds)
+        )
 
 
 @workflow.defn
@@ -68,7 +73,9 @@ class CeilingParent:
         started = finished = 0
         while finished < params.tasks:
             while started < params.tasks and len(in_flight) < params.window:
-                child = workflow.execute_child_workflow(CeilingChild.run, id=f"{prefix}/{started}")
+                child = workflow.execute_child_workflow(
+                    CeilingChild.run, params.activity_seconds, id=f"{prefix}/{started}"
+                )
                 in_flight.append(asyncio.create_task(child))
                 started += 1
             done, in_flight = await workflow.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -108,6 +115,7 @@ async def run_batch(client: Client, params: CeilingInput, args: argparse.Namespa
             CeilingInput(
                 tasks=params.tasks // parents + (i < params.tasks % parents),
                 window=max(1, params.window // parents),
+                activity_seconds=params.activity_seconds,
             )
             for i in range(parents)
         ]
@@ -130,7 +138,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         sqlite_pragmas=parse_pairs(args.pragma, "--pragma"),
         dynamic_config=parse_pairs(args.dynamic_config, "--dynamic-config"),
     )
-    params = CeilingInput(tasks=args.tasks, window=args.window)
+    params = CeilingInput(
+        tasks=args.tasks, window=args.window, activity_seconds=args.activity_seconds
+    )
     async with bench_server(config=config, in_memory=args.in_memory) as server:
         compression = GrpcCompression.NONE if args.no_compression else GrpcCompression.GZIP
         client = await Client.connect(server.address, grpc_compression=compression)
@@ -142,6 +152,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "tasks": args.tasks,
         "window": args.window,
+        "activity_seconds": args.activity_seconds,
         "parents": args.parents,
         "server": config.name,
         "pragmas": dict(config.sqlite_pragmas),
@@ -184,6 +195,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, default=500, help="child workflows (default 500)")
     parser.add_argument("--window", type=int, default=50, help="children in flight (default 50)")
+    parser.add_argument(
+        "--activity-seconds",
+        type=float,
+        default=0.0,
+        help="each child's activity sleeps this long, like a model call (default 0)",
+    )
     parser.add_argument(
         "--server",
         choices=sorted(SERVER_CONFIGS),

@@ -937,12 +937,18 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
 
 
 async def run_ceiling(
-    tasks: int, window: int, common: Common, server: str | None = None
+    tasks: int,
+    window: int,
+    common: Common,
+    server: str | None = None,
+    activity_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """bench/ceiling.py's measurement on the `server` configuration (else the common one)."""
+    """bench/ceiling.py's measurement on the `server` configuration (else the common one); with
+    `activity_seconds`, the same pattern with a stand-in for a model call of that latency."""
     name = server or common.server_name
-    progress(f"ceiling: {tasks} tasks, W = {window}, server {name}")
+    progress(f"ceiling: {tasks} tasks, W = {window}, L = {activity_seconds:g} s, server {name}")
     argv = ["--tasks", str(tasks), "--window", str(window), "--server", name]
+    argv += ["--activity-seconds", str(activity_seconds)]
     for key, value in common.pragmas.items():
         argv += ["--pragma", f"{key}={value}"]
     return await measure_ceiling(ceiling_args(argv))
@@ -1187,24 +1193,32 @@ async def utilisation(
         ceiling_rate = float(ceiling["tasks_per_s"])
         ceiling_note = "measured in this invocation: 300 tasks, window 50"
     runs = []
+    references: list[float] = []
     for window in windows:
         tasks = min(rounds * window, max_tasks)
         runs.append(
             await run_taskpool(BatchPlan(tasks=tasks, window=window, latency=latency), common)
         )
+        reference = await run_ceiling(tasks, window, common, activity_seconds=latency)
+        references.append(float(reference["tasks_per_s"]))
     lines = [
         f"Model latency L = {latency:g} s; ideal rate W / L. Ceiling {ceiling_rate:.1f} tasks/s "
         f"({ceiling_note}). End to end: all tasks over the batch's wall time; steady: requests "
-        "per second at the model without the first and last tenth (no start-up or drain).",
+        "per second at the model without the first and last tenth (no start-up or drain). "
+        "Reference: the ceiling's pattern (parent, child, one activity) with an activity of "
+        "L seconds, same N and W, on the same server configuration: what a child per task can "
+        "reach at all here, since every task pays the server's round trips (child start, workflow "
+        "tasks, activity) on top of L.",
         server_line(common),
         "",
         "| W | tasks | ideal tasks/s | end-to-end tasks/s | steady tasks/s | utilisation "
         "(end to end) | utilisation (steady) | of min(W / L, ceiling) | slot turnaround s "
-        "(W x wall / N) | most model calls at once | W / L under the ceiling? | target |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "(W x wall / N) | most model calls at once | reference tasks/s (utilisation) | "
+        "taskpool / reference | W / L under the ceiling? | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     data = []
-    for run in runs:
+    for run, reference_rate in zip(runs, references, strict=True):
         ideal = run.plan.window / latency
         used = run.tasks_per_s / ideal
         steady = run.steady_tasks_per_s
@@ -1219,9 +1233,17 @@ async def utilisation(
             f"{f'{steady_used:.1%}' if steady_used else '-'} | "
             f"{run.tasks_per_s / min(ideal, ceiling_rate):.1%} | "
             f"{run.plan.window * run.cpu.wall_s / run.plan.tasks:.2f} | "
-            f"{run.model_peak_concurrency} | {'yes' if under else 'no'} | {target} |"
+            f"{run.model_peak_concurrency} | {reference_rate:.2f} ({reference_rate / ideal:.1%}) | "
+            f"{run.tasks_per_s / reference_rate:.2f}x | {'yes' if under else 'no'} | {target} |"
         )
-        data.append({**run_json(run), "ideal": ideal, "utilisation": used})
+        data.append(
+            {
+                **run_json(run),
+                "ideal": ideal,
+                "utilisation": used,
+                "reference_tasks_per_s": reference_rate,
+            }
+        )
     lines += ["", CPU_HEADER, *(cpu_row(f"W={r.plan.window}", r) for r in runs)]
     return Section(
         title=f"taskpool utilisation at L = {latency:g} s",

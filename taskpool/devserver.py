@@ -46,6 +46,9 @@ THROUGHPUT_DYNAMIC_CONFIG: Mapping[str, str] = {
     # A parent busy with its children's events makes start-child tasks time out on its lock
     # after 500 ms and retry with backoff; waiting longer wastes less.
     "history.cacheNonUserContextLockTimeout": '"5s"',
+    # Lets a worker that asks for it run an activity it just scheduled without a trip through
+    # the task queue (taskpool's worker asks unless a requests-per-minute limit is set).
+    "system.enableActivityEagerExecution": "true",
 }
 
 

@@ -72,6 +72,8 @@ with workflow.unsafe.imports_passed_through():
 # child starts, child signals and store writes go out in groups of this size.
 COMMAND_GROUP = 100
 STORE_CHUNK = 500
+# The TaskpoolProgress search attribute moves in steps of this many percent.
+PROGRESS_STEP = 5
 # How long cancellation waits for running children to confirm before it marks them cancelled.
 CANCEL_CONFIRM_TIMEOUT = timedelta(minutes=2)
 
@@ -569,7 +571,10 @@ class BatchWorkflow:
     def _refresh_visibility(self) -> None:
         status = self.status()
         workflow.set_current_details(batch_details(status, workflow.now()))
-        visible = (status.state.value, int(status.progress_percent))
+        # Each change is an event and a visibility write on the server; the list view needs no
+        # finer steps (the details carry the exact figure).
+        progress = int(status.progress_percent) // PROGRESS_STEP * PROGRESS_STEP
+        visible = (status.state.value, progress)
         if visible != self._search_attributes:
             self._search_attributes = visible
             workflow.upsert_search_attributes(
