@@ -20,7 +20,10 @@ COPY taskpool/ taskpool/
 COPY workflows/ workflows/
 COPY activities/ activities/
 COPY worker.py starter.py ./
+# Compiled once here: the workflow sandbox imports the workflow modules afresh for every workflow
+# it runs, and with PYTHONDONTWRITEBYTECODE nothing would ever write the .pyc files it could reuse.
 RUN pip install --no-deps . \
+    && python -m compileall -q taskpool workflows activities \
     && useradd --create-home --uid 10001 taskpool
 
 USER taskpool

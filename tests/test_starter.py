@@ -186,6 +186,11 @@ async def test_start_wait_then_status_tasks_results_and_watch(
     # --priority fills in only what the file left out.
     assert views["doc-1"]["priority"] == "low"
     assert {views[i]["priority"] for i in ("doc-0", "doc-2", "doc-3")} == {"high"}
+    # The batch's view, completed from the store's record.
+    assert views["doc-0"]["label"] == "First document"
+    assert {view["kind"] for view in views.values()} == {"summarize"}
+    assert all(view["usage"]["prompt_tokens"] > 0 for view in views.values())
+    assert all(view["completed_at"] for view in views.values())
 
     # Watching a finished batch shows its last status and exits with its outcome.
     assert watched.code == 0, watched.err

@@ -494,8 +494,14 @@ class BatchWorkflow:
         # find it; handlers must finish so no signal or update is lost.
         await workflow.wait_condition(lambda: self._starting == 0)
         await self._hand_over_children()
-        await self._flush_store()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        # Signals keep arriving while this run waits: a pause the children have not heard of,
+        # or reports whose consequences are not in the store yet, would be lost with the run.
+        while True:
+            await self._tell_children_pause_state()
+            await self._flush_store()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not self._store_updates and self._children_paused == self._run.paused:
+                break
         self._run.tasks = pack(self._table.entries)
         self._run.usage = self._table.usage
         self._run.llm_calls = self._table.llm_calls

@@ -308,7 +308,11 @@ async def _query_status(client: Client, info: BatchInfo) -> BatchStatus:
 async def tasks(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.client()
     info = await find_batch(client, args.batch)
-    views = await _all_tasks(client, info, args.status)
+    views = await _with_store_details(
+        info.batch_id,
+        await _all_tasks(client, info, args.status),
+        args.store or ctx.settings().store_url,
+    )
     if args.json:
         for view in views:
             ctx.json_line(view.model_dump_json())
@@ -318,6 +322,33 @@ async def tasks(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.show(render.tasks_table(views))
     return OK
+
+
+async def _with_store_details(batch_id: str, views: list[TaskView], url: str) -> list[TaskView]:
+    """The batch keeps what scheduling needs; the store adds label, kind, tokens and times."""
+    if not views or not _store_exists(url):
+        return views
+    store = open_store(url)
+    try:
+        records = {r.task_id: r for r in await store.list_tasks(batch_id)}
+    finally:
+        await store.close()
+    return [_with_record(view, records.get(view.id)) for view in views]
+
+
+def _with_record(view: TaskView, record: TaskRecord | None) -> TaskView:
+    if record is None:
+        return view
+    return view.model_copy(
+        update={
+            "label": record.label,
+            "kind": record.kind,
+            "usage": record.usage,
+            "llm_calls": record.llm_calls,
+            "started_at": view.started_at or record.started_at,
+            "completed_at": record.completed_at,
+        }
+    )
 
 
 async def _all_tasks(client: Client, info: BatchInfo, status: TaskStatus | None) -> list[TaskView]:
@@ -366,12 +397,19 @@ def _batch_exists(batch_id: str) -> CliError:
 
 
 def _existing_store(url: str) -> str:
-    if not url.startswith(("postgres://", "postgresql://")):
-        path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    if not _store_exists(url):
         # Opening a missing SQLite file would create an empty store and report no tasks.
-        if not path.is_file():
-            raise CliError(f"no task store at {path}: set TASKPOOL_STORE or --store", USAGE)
+        path = _sqlite_path(url)
+        raise CliError(f"no task store at {path}: set TASKPOOL_STORE or --store", USAGE)
     return url
+
+
+def _store_exists(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://")) or _sqlite_path(url).is_file()
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
 
 
 def _write_results(records: Sequence[TaskRecord], path: Path) -> int:

@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", type=_task_status, metavar="S", help="only tasks in this state (e.g. failed)"
     )
     _json_option(tasks, "print one JSON object per task")
+    _store_option(tasks, "where labels, kinds, tokens and times come from (skipped if missing)")
 
     pause = command(
         "pause",
