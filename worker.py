@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 import openai
 import structlog
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.lifecycle import LifecycleActivities
 from activities.llm import LlmActivities
@@ -79,6 +80,9 @@ def build_worker(
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=settings.max_cached_workflows,
+        workflow_runner=(
+            SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+        ),
         # The server enforces this across every worker polling the queue. chat_turn is the only
         # activity on it that goes through the server (store writes are local activities), so it
         # limits model calls.

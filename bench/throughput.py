@@ -771,6 +771,8 @@ class Common:
     pragmas: dict[str, str]
     """SQLite pragmas from the command line, on top of the configuration's."""
     input_chars: int
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Set in worker.py's environment on top of what the bench gives it."""
 
     def server(self, name: str | None = None) -> ServerConfig:
         return server_config(name or self.server_name, sqlite_pragmas=self.pragmas)
@@ -883,6 +885,7 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
         ):
             client = await connect({"TEMPORAL_ADDRESS": server.address})
             env = worker_environment(server.address, queue, model.base_url, Path(tmp) / "tasks.db")
+            env.update(common.worker_env)
             async with worker_process(client, env, Path(tmp) / "worker.log") as worker:
                 rss = RssSampler(worker.pid)
                 rss.start()
@@ -987,7 +990,11 @@ CPU_HEADER = (
 
 def server_line(common: Common, *names: str) -> str:
     shown = dict.fromkeys(names or (common.server_name,))
-    return "Dev server: " + "; ".join(common.server(name).describe() for name in shown) + "."
+    line = "Dev server: " + "; ".join(common.server(name).describe() for name in shown) + "."
+    if common.worker_env:
+        line += " Worker environment: " + " ".join(f"{k}={v}" for k, v in common.worker_env.items())
+        line += "."
+    return line
 
 
 def usage_lines(run: TaskpoolRun) -> list[str]:
@@ -1390,6 +1397,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common.add_argument(
         "--input-chars", type=int, default=300, help="characters of input per task (300)"
     )
+    common.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra environment for worker.py, e.g. TASKPOOL_WORKFLOW_SANDBOX=off",
+    )
     common.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     common.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
 
@@ -1497,7 +1511,12 @@ async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     pragmas = parse_pairs(args.pragma, "--pragma")
-    common = Common(server_name=args.server, pragmas=pragmas, input_chars=args.input_chars)
+    common = Common(
+        server_name=args.server,
+        pragmas=pragmas,
+        input_chars=args.input_chars,
+        worker_env=parse_pairs(args.worker_env, "--worker-env"),
+    )
     command = command_line()
     for section in asyncio.run(run_parts(args, common)):
         print(f"## {section.title}\n\n{section.body}\n")

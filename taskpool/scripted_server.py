@@ -12,39 +12,12 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from taskpool.scripted import (
-    ANY_TASK,
-    TASK_HEADER,
-    TURN_HEADER,
-    Fault,
-    FaultKind,
-    Reply,
-    RequestRecord,
-    Responder,
-    ScriptedModelServer,
-    Step,
-    ToolCallSpec,
-    default_responder,
-    default_result_for,
-)
-from taskpool.scripted.server import DEFAULT_MODEL
+from taskpool import scripted
+from taskpool.scripted import *  # noqa: F403 -- the older import path keeps the package's names
+from taskpool.scripted.server import DEFAULT_MODEL, ScriptedModelServer
 
-__all__ = [
-    "ANY_TASK",
-    "TASK_HEADER",
-    "TURN_HEADER",
-    "Fault",
-    "FaultKind",
-    "Reply",
-    "RequestRecord",
-    "Responder",
-    "ScriptedModelServer",
-    "Step",
-    "ToolCallSpec",
-    "default_responder",
-    "default_result_for",
-    "main",
-]
+__all__ = ["main"]
+__all__ += scripted.__all__
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ ENVIRONMENT = {
     "TASKPOOL_STORE": "store_url",
     "TASKPOOL_MAX_CONCURRENT_ACTIVITIES": "max_concurrent_activities",
     "TASKPOOL_MAX_CACHED_WORKFLOWS": "max_cached_workflows",
+    "TASKPOOL_WORKFLOW_SANDBOX": "workflow_sandbox",
     "TASKPOOL_RPM": "requests_per_minute",
     "TASKPOOL_TPM": "tokens_per_minute",
     "TASKPOOL_TOKEN_BUDGET_DB": "token_budget_db",
@@ -58,6 +59,9 @@ class Settings(BaseModel):
     store_url: str = DEFAULT_STORE
     max_concurrent_activities: int = Field(default=200, ge=1)
     max_cached_workflows: int = Field(default=1000, ge=0)
+    # The SDK's workflow sandbox catches non-deterministic calls at run time, at a price in worker
+    # CPU per workflow; off trades that net (CI still replays recorded histories) for throughput.
+    workflow_sandbox: bool = True
     # Model calls per minute on this task queue, enforced by the Temporal server across all its
     # workers (one queue per model: see README).
     requests_per_minute: float | None = Field(default=None, gt=0)

@@ -16,10 +16,11 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
+
+from taskpool.lifetimes import Startable
 
 # The machine may have no internet: every Chromium feature that phones home must stay off, or
 # page loads wait on it.
@@ -60,7 +61,7 @@ def find_chromium() -> str | None:
     return None
 
 
-class Browser:
+class Browser(Startable):
     """One headless Chromium process with one page, as an async context manager."""
 
     def __init__(
@@ -90,24 +91,15 @@ class Browser:
     def log_path(self) -> Path:
         return self.profile_dir / "chromium.log"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         try:
             await self._launch()
             await self._connect()
             await self._open_page()
         except BaseException:
-            await self.close()
+            await self.stop()
             raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- page actions ---------------------------------------------------------------------------
 
@@ -316,7 +308,7 @@ class Browser:
             mobile=False,
         )
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Close the connection and stop Chromium with its whole process group; idempotent."""
         if self._ws is not None:
             with contextlib.suppress(Exception):

@@ -1,5 +1,6 @@
 """Shared test fixtures: one real Temporal dev server per session, a task queue, store and scripted
-model per test, and one polling helper instead of scattered sleeps."""
+model per test, one polling helper instead of scattered sleeps, and the calls that start a test's
+batch, run its worker and wait for its tasks."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from taskpool.batches import batch_status, start_batch
+from taskpool.models import BatchOptions, BatchResult, TaskSpec
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, open_store
@@ -99,25 +103,46 @@ def batch_id(request: pytest.FixtureRequest) -> str:
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
 
 
-def make_worker(client: Client, settings: Settings, **overrides: Any) -> tuple[Worker, Any]:
-    """A worker like worker.py builds, on this test's queue; returns it and what to close."""
+@asynccontextmanager
+async def running_worker(
+    client: Client, settings: Settings, **overrides: Any
+) -> AsyncIterator[Worker]:
+    """A worker like worker.py builds, serving this test's queue until the block ends."""
     store = open_store(settings.store_url)
     llm = build_openai_client(settings)
-    worker = build_worker(
+    running = build_worker(
         client, settings.model_copy(update=overrides), llm_client=llm, store=store
     )
-    return worker, (store, llm)
-
-
-@pytest.fixture
-async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
-    running, (store, llm) = make_worker(client, settings)
     try:
         async with running:
             yield running
     finally:
         await llm.close()
         await store.close()
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    async with running_worker(client, settings) as running:
+        yield running
+
+
+async def start_test_batch(
+    client: Client,
+    settings: Settings,
+    batch_id: str,
+    specs: Sequence[TaskSpec],
+    options: BatchOptions | None = None,
+) -> WorkflowHandle[object, BatchResult]:
+    """Start a batch on this test's queue, its definitions in this test's store."""
+    return await start_batch(
+        client,
+        batch_id,
+        specs,
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+        options=options,
+    )
 
 
 async def eventually(
@@ -132,6 +157,16 @@ async def eventually(
             if time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+async def wait_until_completed(client: Client, batch_id: str, at_least: int) -> None:
+    """Poll the batch's status until at least `at_least` of its tasks have completed."""
+
+    async def enough_completed() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.counts["completed"] >= at_least
+
+    await eventually(enough_completed)
 
 
 def worker_environment(settings: Settings, temporal_address: str) -> dict[str, str]:

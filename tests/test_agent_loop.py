@@ -8,20 +8,19 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status, start_batch
+from taskpool.batches import batch_status
 from taskpool.models import BatchState, EventType, TaskSpec, TaskStatus
 from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
+from tests.conftest import start_test_batch
 
 
 async def run_batch(
     client: Client, settings: Settings, batch_id: str, *task_ids: str
 ) -> tuple[BatchState, dict[str, int]]:
     specs = [TaskSpec(id=t, input=f"Some text for {t} to summarise.") for t in task_ids]
-    handle = await start_batch(
-        client, batch_id, specs, task_queue=settings.task_queue, store=settings.store_url
-    )
+    handle = await start_test_batch(client, settings, batch_id, specs)
     result = await handle.result()
     return result.state, result.counts
 

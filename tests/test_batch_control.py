@@ -18,7 +18,6 @@ from taskpool.batches import (
     cancel_batch,
     pause_batch,
     resume_batch,
-    start_batch,
 )
 from taskpool.models import (
     AddTasksRequest,
@@ -33,16 +32,8 @@ from taskpool.models import (
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import eventually
+from tests.conftest import eventually, start_test_batch, wait_until_completed
 from tests.test_batch_e2e import documents
-
-
-async def wait_for_completed(client: Client, batch_id: str, at_least: int) -> None:
-    async def check() -> None:
-        status = await batch_status(client, batch_id)
-        assert status.counts["completed"] >= at_least
-
-    await eventually(check)
 
 
 async def test_pause_stops_new_model_calls_until_resume(
@@ -53,15 +44,10 @@ async def test_pause_stops_new_model_calls_until_resume(
     batch_id: str,
 ) -> None:
     scripted.latency = 0.3
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(15),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=3),
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(15), BatchOptions(concurrency=3)
     )
-    await wait_for_completed(client, batch_id, 3)
+    await wait_until_completed(client, batch_id, 3)
     await pause_batch(client, batch_id, reason="quota check")
 
     async def drained() -> None:
@@ -102,13 +88,7 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
     scripted.latency = 0.5
     # The first turn only starts the task; the second would complete it.
     scripted.script("slow", Reply(tool_calls=[ToolCallSpec("start_task", {})]))
-    handle = await start_batch(
-        client,
-        batch_id,
-        [TaskSpec(id="slow", input="text")],
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-    )
+    handle = await start_test_batch(client, settings, batch_id, [TaskSpec(id="slow", input="text")])
 
     async def first_turn_running() -> None:
         assert scripted.in_flight == 1
@@ -132,13 +112,8 @@ async def test_cancel_stops_running_children_and_cancels_queued_tasks(
     batch_id: str,
 ) -> None:
     scripted.latency = 30  # every call hangs until cancelled
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(8),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=3),
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(8), BatchOptions(concurrency=3)
     )
 
     async def three_calls_running() -> None:
@@ -172,13 +147,8 @@ async def test_request_cancellation_from_temporal_behaves_like_cancel(
     batch_id: str,
 ) -> None:
     scripted.latency = 30
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(4),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=2),
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(4), BatchOptions(concurrency=2)
     )
 
     async def two_calls_running() -> None:
@@ -205,13 +175,8 @@ async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
 ) -> None:
     scripted.latency = 0.1
     specs = documents(25)
-    handle = await start_batch(
-        client,
-        batch_id,
-        specs,
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=4, continue_as_new_after=5),
+    handle = await start_test_batch(
+        client, settings, batch_id, specs, BatchOptions(concurrency=4, continue_as_new_after=5)
     )
     result = await handle.result()
     assert result.counts["completed"] == 25
@@ -230,13 +195,7 @@ async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
 async def test_a_large_addition_goes_in_groups_and_every_definition_reaches_the_store(
     client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
 ) -> None:
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(1),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-    )
+    handle = await start_test_batch(client, settings, batch_id, documents(1))
     await pause_batch(client, batch_id, reason="adding")
     text = "lorem ipsum " * 400
     added = [TaskSpec(id=f"extra-{i}", input=f"{i}: {text}") for i in range(300)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status, pause_batch, resume_batch, start_batch
+from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.models import BatchOptions, BatchState, TaskSpec, TaskStatus
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import make_worker
+from tests.conftest import running_worker, start_test_batch
 
 
 def documents(n: int) -> list[TaskSpec]:
@@ -30,14 +30,7 @@ async def test_batch_completes_within_the_concurrency_limit(
 ) -> None:
     scripted.latency = 0.3
     specs = documents(30)
-    handle = await start_batch(
-        client,
-        batch_id,
-        specs,
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=5),
-    )
+    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=5))
     result = await handle.result()
 
     assert result.state is BatchState.COMPLETED
@@ -67,23 +60,17 @@ async def test_a_batch_completes_when_every_workflow_task_replays_from_history(
 ) -> None:
     """No workflow cache: every workflow task rebuilds its state by replaying history, so any
     non-determinism in the workflows fails here."""
-    uncached, (worker_store, llm) = make_worker(client, settings, max_cached_workflows=0)
-    try:
-        async with uncached:
-            handle = await start_batch(
-                client,
-                batch_id,
-                documents(12),
-                task_queue=settings.task_queue,
-                store=settings.store_url,
-                options=BatchOptions(concurrency=3, continue_as_new_after=4),
-            )
-            await pause_batch(client, batch_id, reason="replay check")
-            await resume_batch(client, batch_id)
-            result = await handle.result()
-    finally:
-        await llm.close()
-        await worker_store.close()
+    async with running_worker(client, settings, max_cached_workflows=0):
+        handle = await start_test_batch(
+            client,
+            settings,
+            batch_id,
+            documents(12),
+            BatchOptions(concurrency=3, continue_as_new_after=4),
+        )
+        await pause_batch(client, batch_id, reason="replay check")
+        await resume_batch(client, batch_id)
+        result = await handle.result()
     assert result.counts["completed"] == 12
     assert scripted.total_requests == 12
     assert len(await store.list_tasks(batch_id, status=TaskStatus.COMPLETED)) == 12

@@ -10,7 +10,7 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
 from taskpool import names
-from taskpool.batches import batch_status, pause_batch, resume_batch, start_batch
+from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.models import (
     AgentSettings,
     BatchOptions,
@@ -23,7 +23,7 @@ from taskpool.models import (
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import SpawnWorker, eventually
+from tests.conftest import SpawnWorker, eventually, start_test_batch, wait_until_completed
 from tests.test_batch_e2e import documents
 
 # Short heartbeats, so the turns the dead worker held are retried within seconds.
@@ -50,14 +50,7 @@ async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
     scripted.latency = 0.5
     specs = documents(20)
     first = spawn_worker()
-    handle = await start_batch(
-        client,
-        batch_id,
-        specs,
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=FAST_RECOVERY,
-    )
+    handle = await start_test_batch(client, settings, batch_id, specs, FAST_RECOVERY)
 
     async def some_done_and_calls_in_flight() -> None:
         status = await batch_status(client, batch_id)
@@ -103,15 +96,8 @@ async def test_pause_survives_a_worker_crash(
 ) -> None:
     scripted.latency = 0.3
     first = spawn_worker()
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(12),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=FAST_RECOVERY,
-    )
-    await eventually(lambda: _completed_at_least(client, batch_id, 2))
+    handle = await start_test_batch(client, settings, batch_id, documents(12), FAST_RECOVERY)
+    await wait_until_completed(client, batch_id, 2)
     await pause_batch(client, batch_id, reason="before crash")
 
     async def paused_and_idle() -> None:
@@ -146,8 +132,3 @@ async def task_ids(client: Client, batch_id: str, status: TaskStatus) -> list[st
         names.TASKS, TasksQuery(status=status, limit=1000), result_type=TaskPage
     )
     return [view.id for view in page.items]
-
-
-async def _completed_at_least(client: Client, batch_id: str, n: int) -> None:
-    status = await batch_status(client, batch_id)
-    assert status.counts["completed"] >= n

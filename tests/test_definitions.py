@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from taskpool import agents, names
-from taskpool.batches import batch_run, start_batch
+from taskpool.batches import batch_run
 from taskpool.models import (
     BatchResult,
     BatchState,
@@ -26,7 +26,7 @@ from taskpool.models import (
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import make_worker
+from tests.conftest import running_worker, start_test_batch
 
 # Long enough that carrying it anywhere in a payload would show in the payload's size.
 INPUT_CHARS = 20_000
@@ -87,9 +87,7 @@ async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_t
 ) -> None:
     specs = definitions()
     # No worker yet: whatever the store holds now, the starter wrote before any workflow code ran.
-    handle = await start_batch(
-        client, batch_id, specs, task_queue=settings.task_queue, store=settings.store_url
-    )
+    handle = await start_test_batch(client, settings, batch_id, specs)
 
     records = await store.list_tasks(batch_id)
     assert [r.task_id for r in records] == [s.id for s in specs]
@@ -108,13 +106,8 @@ async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_t
         assert spec.id.encode() not in started  # ids are packed, so not even they show
     assert b"ZEBRA-CLAUSE-17" not in started
 
-    running, (worker_store, llm) = make_worker(client, settings)
-    try:
-        async with running:
-            result = await result_in_time(handle)
-    finally:
-        await llm.close()
-        await worker_store.close()
+    async with running_worker(client, settings):
+        result = await result_in_time(handle)
 
     assert result.state is BatchState.COMPLETED
     assert result.counts["completed"] == len(specs)

@@ -14,6 +14,7 @@ from pathlib import Path
 from temporalio.client import WorkflowExecutionStatus
 
 from taskpool.devserver import DevServer, DevServerOptions, free_port
+from taskpool.models import TaskRecord
 from taskpool.store import open_store
 from taskpool.temporal import connect
 from tests.conftest import ROOT, eventually
@@ -41,19 +42,36 @@ def processes_in(directory: Path) -> list[str]:
     return found
 
 
-async def test_demo_runs_the_sample_batch_and_cleans_up(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
+async def start_demo(directory: Path, *args: str) -> asyncio.subprocess.Process:
+    """`starter.py demo` run in `directory` against a free port, its output merged on stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "starter.py"),
         "demo",
-        "--model",
-        "scripted",
-        cwd=tmp_path,
-        env=demo_env(address),
+        *args,
+        cwd=directory,
+        env=demo_env(f"127.0.0.1:{free_port()}"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+def demo_batch_id(out: str) -> str:
+    """The batch id in the UI link the demo prints."""
+    return out.split("/namespaces/default/workflows/")[1].split()[0]
+
+
+async def stored_records(directory: Path, batch_id: str) -> list[TaskRecord]:
+    """The batch's tasks in the store the demo keeps under ./data/."""
+    store = open_store(str(directory / "data" / "taskpool.db"))
+    try:
+        return await store.list_tasks(batch_id)
+    finally:
+        await store.close()
+
+
+async def test_demo_runs_the_sample_batch_and_cleans_up(tmp_path: Path) -> None:
+    process = await start_demo(tmp_path, "--model", "scripted")
     out_bytes, _ = await asyncio.wait_for(process.communicate(), timeout=150)
     out = out_bytes.decode()
     assert process.returncode == 0, out
@@ -67,12 +85,8 @@ async def test_demo_runs_the_sample_batch_and_cleans_up(tmp_path: Path) -> None:
 
     db = tmp_path / "data" / "temporal.db"
     assert db.is_file()
-    batch_id = out.split("/namespaces/default/workflows/")[1].split()[0]
-    store = open_store(str(tmp_path / "data" / "taskpool.db"))
-    try:
-        records = await store.list_tasks(batch_id)
-    finally:
-        await store.close()
+    batch_id = demo_batch_id(out)
+    records = await stored_records(tmp_path, batch_id)
     assert len(records) == 12
     assert all(r.result for r in records)
 
@@ -88,20 +102,7 @@ async def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -
     tasks.write_text(
         "".join(json.dumps({"id": f"t{i}", "input": f"text {i}"}) + "\n" for i in range(300))
     )
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "starter.py"),
-        "demo",
-        "--model",
-        "scripted",
-        "--tasks",
-        str(tasks),
-        cwd=tmp_path,
-        env=demo_env(address),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await start_demo(tmp_path, "--model", "scripted", "--tasks", str(tasks))
     assert process.stdout is not None
     seen: list[str] = []
     while True:
@@ -130,29 +131,13 @@ async def test_demo_with_the_local_model_summarises_through_emulated_tools(
     samples = (ROOT / "samples" / "classics.jsonl").read_text().splitlines()
     tasks = tmp_path / "two.jsonl"
     tasks.write_text("\n".join(samples[:2]) + "\n")
-    address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "starter.py"),
-        "demo",
-        "--tasks",
-        str(tasks),
-        cwd=tmp_path,
-        env=demo_env(address),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await start_demo(tmp_path, "--tasks", str(tasks))
     out_bytes, _ = await asyncio.wait_for(process.communicate(), timeout=170)
     out = out_bytes.decode()
     assert process.returncode == 0, out
     assert "SmolLM2-135M-Instruct" in out
     assert "tiny local model" in out
-    batch_id = out.split("/namespaces/default/workflows/")[1].split()[0]
-    store = open_store(str(tmp_path / "data" / "taskpool.db"))
-    try:
-        records = await store.list_tasks(batch_id)
-    finally:
-        await store.close()
+    records = await stored_records(tmp_path, demo_batch_id(out))
     assert len(records) == 2
     # A tiny model may give up on a task, but it answers through the emulated tools: no task
     # ends on a provider error or a reply that could not be read.

@@ -10,11 +10,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from taskpool import names
-from taskpool.batches import batch_status, start_batch
+from taskpool.batches import batch_status
 from taskpool.models import BatchOptions, TaskSpec, TaskStatus, TokenUsage
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
+from tests.conftest import start_test_batch
 
 
 async def test_children_running_at_continue_as_new_report_to_the_next_run(
@@ -28,13 +29,8 @@ async def test_children_running_at_continue_as_new_report_to_the_next_run(
     # Slow model, small hand-over threshold: every continue-as-new finds children running.
     scripted.latency = 0.6
     specs = [TaskSpec(id=f"doc-{i}", input=f"Document {i}.") for i in range(12)]
-    handle = await start_batch(
-        client,
-        batch_id,
-        specs,
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=4, continue_as_new_after=2),
+    handle = await start_test_batch(
+        client, settings, batch_id, specs, BatchOptions(concurrency=4, continue_as_new_after=2)
     )
 
     result = await handle.result()

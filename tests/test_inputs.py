@@ -31,6 +31,12 @@ def problems_of(path: Path, **options: Any) -> list[InputProblem]:
     return info.value.problems
 
 
+def problems_in(directory: Path, name: str, text: str) -> tuple[Path, list[InputProblem]]:
+    """Write one file and return it with the problems loading it reports."""
+    path = write(directory, name, text)
+    return path, problems_of(path)
+
+
 def find(problems: list[InputProblem], path: Path, line: int | None, *phrases: str) -> None:
     """Assert that one problem is at `path`:`line` and mentions every phrase."""
     for problem in problems:
@@ -295,9 +301,7 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
 
 
 def test_unsupported_extension_lists_the_supported_ones(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.xlsx", "whatever")
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.xlsx", "whatever")
 
     find(problems, path, None, "'.xlsx'", ".jsonl", ".csv", ".txt")
 
@@ -312,9 +316,7 @@ def test_unsupported_extension_lists_the_supported_ones(tmp_path: Path) -> None:
     ],
 )
 def test_file_without_tasks(tmp_path: Path, name: str, text: str) -> None:
-    path = write(tmp_path, name, text)
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, name, text)
 
     find(problems, path, None, f"no tasks in {path}")
 
@@ -352,25 +354,23 @@ def test_line_that_is_not_json(tmp_path: Path) -> None:
 
 
 def test_nan_is_not_json(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.jsonl", '{"id": "a", "input": {"score": NaN}}\n')
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.jsonl", '{"id": "a", "input": {"score": NaN}}\n')
 
     find(problems, path, 1, "not valid JSON", "NaN")
 
 
 def test_line_that_is_not_an_object(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x"}, '["b", "y"]'))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x"}, '["b", "y"]')
+    )
 
     find(problems, path, 2, "one task object per line", "array")
 
 
 def test_pretty_printed_json_gets_one_explanation(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.json", json.dumps([{"id": "a", "input": "x"}], indent=2))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.json", json.dumps([{"id": "a", "input": "x"}], indent=2)
+    )
 
     assert len(problems) == 1
     find(problems, path, 1, "one JSON document", "one task object per line")
@@ -395,35 +395,33 @@ def test_pretty_printed_json_gets_one_explanation(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_record(tmp_path: Path, record: dict[str, Any], phrase: str) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "ok", "input": "x"}, record))
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.jsonl", jsonl({"id": "ok", "input": "x"}, record))
 
     assert len(problems) == 1, problems
     find(problems, path, 2, phrase)
 
 
 def test_unknown_field_suggests_the_right_one(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "prority": "high"}))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "prority": "high"})
+    )
 
     find(problems, path, 1, "did you mean 'priority'?")
 
 
 def test_bad_priority_lists_the_allowed_values(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "priority": "hgh"}))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "priority": "hgh"})
+    )
 
     find(problems, path, 1, "priority", "'hgh'", "low, normal, high, urgent, critical")
 
 
 @pytest.mark.parametrize("value", ["next tuesday", "2025-13-01", 1746090000])
 def test_bad_scheduled_for_asks_for_iso_8601(tmp_path: Path, value: object) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "scheduled_for": value}))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "scheduled_for": value})
+    )
 
     find(problems, path, 1, "scheduled_for", "ISO 8601", "2025-05-01T09:00:00Z")
 
@@ -509,9 +507,9 @@ def test_dependency_on_unknown_id_when_adding_to_a_batch(tmp_path: Path) -> None
 
 
 def test_task_depending_on_itself(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "depends_on": ["a"]}))
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.jsonl", jsonl({"id": "a", "input": "x", "depends_on": ["a"]})
+    )
 
     assert len(problems) == 1
     find(problems, path, 1, "'a' depends on itself")
@@ -544,9 +542,7 @@ def test_long_dependency_cycle_is_found(tmp_path: Path) -> None:
     records = [
         {"id": f"t{i}", "input": "x", "depends_on": [f"t{(i + 1) % count}"]} for i in range(count)
     ]
-    path = write(tmp_path, "ring.jsonl", jsonl(*records))
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "ring.jsonl", jsonl(*records))
 
     assert len(problems) == 1
     find(problems, path, 1, "dependency cycle: t0 -> t1 -> t2", f"t{count - 1} -> t0")
@@ -592,43 +588,35 @@ def test_csv_problems_carry_the_line_where_the_record_starts(tmp_path: Path) -> 
 
 
 def test_csv_row_with_too_many_cells(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", "id,input\na,one, two\nb,x\n")
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", "id,input\na,one, two\nb,x\n")
 
     assert len(problems) == 1
     find(problems, path, 2, "3 cells", "2 columns", "double quotes")
 
 
 def test_csv_unclosed_quote(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", 'id,input\na,x\nb,"never closed\nc,y\n')
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", 'id,input\na,x\nb,"never closed\nc,y\n')
 
     find(problems, path, 3, "never ends", "quote")
 
 
 def test_csv_cut_short_does_not_report_dependencies_on_unread_rows(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", 'id,input,depends_on\na,x,c\nb,"never closed,\nc,y,\n')
-
-    problems = problems_of(path)
+    path, problems = problems_in(
+        tmp_path, "tasks.csv", 'id,input,depends_on\na,x,c\nb,"never closed,\nc,y,\n'
+    )
 
     assert len(problems) == 1
     find(problems, path, 3, "never ends")
 
 
 def test_csv_stray_quote(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", 'id,input\na,"quoted" then more\n')
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", 'id,input\na,"quoted" then more\n')
 
     find(problems, path, 2, "bad CSV", "two quotes")
 
 
 def test_csv_header_problems(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", "id,text,labels\na,x,y\n")
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", "id,text,labels\na,x,y\n")
 
     find(problems, path, 1, "no 'input' column")
     find(problems, path, 1, "unknown column 'text'")
@@ -636,25 +624,19 @@ def test_csv_header_problems(tmp_path: Path) -> None:
 
 
 def test_csv_with_semicolons_gets_a_hint(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", "id;input\na;x\n")
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", "id;input\na;x\n")
 
     find(problems, path, 1, "no 'id' column", "separated by commas")
 
 
 def test_csv_bad_json_in_depends_on(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", 'id,input,depends_on\na,x,\nb,x,"[""a"""\n')
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", 'id,input,depends_on\na,x,\nb,x,"[""a"""\n')
 
     find(problems, path, 3, "depends_on", "JSON list")
 
 
 def test_csv_empty_id_and_input_cells(tmp_path: Path) -> None:
-    path = write(tmp_path, "tasks.csv", "id,input,kind\n,text,\nb,,translate\n")
-
-    problems = problems_of(path)
+    path, problems = problems_in(tmp_path, "tasks.csv", "id,input,kind\n,text,\nb,,translate\n")
 
     find(problems, path, 2, "missing id")
     find(problems, path, 3, "missing input")

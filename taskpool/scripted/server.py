@@ -15,11 +15,11 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from taskpool.lifetimes import Startable
 from taskpool.scripted.responder import Responder, default_responder
 from taskpool.scripted.steps import Fault, FaultKind, Reply, Step, ToolCallSpec
 from taskpool.scripted.wire import completion_json, error_json, estimate_usage
@@ -55,7 +55,7 @@ class RequestRecord:
         return None if self.responded_at is None else self.responded_at - self.received_at
 
 
-class ScriptedModelServer:
+class ScriptedModelServer(Startable):
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -105,18 +105,6 @@ class ScriptedModelServer:
             return
         self._stopping.set()
         await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:
