@@ -564,3 +564,30 @@ def test_durations_read_naturally() -> None:
         "3m05s",
         "2h07m",
     ]
+
+
+async def test_a_task_store_that_cannot_be_written_is_a_one_line_error_without_secrets(
+    env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", {"id": "doc-1", "input": "text"})
+    batch_id = f"nostore-{uuid.uuid4().hex[:8]}"
+    unreachable = env | {"TASKPOOL_STORE": "postgresql://taskpool:s3cret@127.0.0.1:1/taskpool"}
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+
+    postgres, sqlite = await asyncio.gather(
+        starter(unreachable, "start", str(tasks), "--batch-id", batch_id),
+        starter(env, "start", str(tasks), "--batch-id", batch_id, "--store", f"{not_a_dir}/x.db"),
+    )
+
+    assert postgres.code == 1
+    assert postgres.err.startswith(
+        "starter.py: cannot write to the task store at postgresql://127.0.0.1:1/taskpool: "
+    )
+    assert "s3cret" not in postgres.err
+    assert sqlite.code == 1
+    assert sqlite.err.startswith(f"starter.py: cannot write to the task store at {not_a_dir}/x.db")
+    for run in (postgres, sqlite):
+        assert "Traceback" not in run.err
+        assert run.out == ""
+    await assert_never_started(client, batch_id)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +62,7 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.settings import Settings, SettingsError
-from taskpool.store import open_store
+from taskpool.store import TaskStore, display_url, is_postgres, open_store, store_errors
 
 FAILURES_SHOWN = 10
 # Wide enough for a results table when the output is a file or a pipe, not a terminal.
@@ -132,24 +134,22 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"{source}: {err}", USAGE) from None
     client = await ctx.client()
     await _refuse_existing_batch(client, batch_id)
-    store = open_store(args.store or ctx.settings().store_url)
-    try:
-        await batches.start_batch(
-            client,
-            batch_id,
-            specs,
-            task_queue=task_queue,
-            store=store,
-            options=options,
-            # A reused id would share child workflow ids and store records with the old batch.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        )
-    except WorkflowAlreadyStartedError:
-        raise _batch_exists(batch_id) from None
-    except RPCError as err:
-        raise CliError(f"Temporal did not start batch {batch_id}: {err.message}") from None
-    finally:
-        await store.close()
+    async with _task_store(args.store or ctx.settings().store_url, "write to") as store:
+        try:
+            await batches.start_batch(
+                client,
+                batch_id,
+                specs,
+                task_queue=task_queue,
+                store=store,
+                options=options,
+                # A reused id would share child workflow ids and store records with the old batch.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            raise _batch_exists(batch_id) from None
+        except RPCError as err:
+            raise CliError(f"Temporal did not start batch {batch_id}: {err.message}") from None
     if args.json:
         started = {"batch_id": batch_id, "total": len(specs), "task_queue": task_queue}
         ctx.json_line(json.dumps(started))
@@ -328,11 +328,8 @@ async def _with_store_details(batch_id: str, views: list[TaskView], url: str) ->
     """The batch keeps what scheduling needs; the store adds label, kind, tokens and times."""
     if not views or not _store_exists(url):
         return views
-    store = open_store(url)
-    try:
+    async with _task_store(url, "read") as store:
         records = {r.task_id: r for r in await store.list_tasks(batch_id)}
-    finally:
-        await store.close()
     return [_with_record(view, records.get(view.id)) for view in views]
 
 
@@ -360,13 +357,12 @@ async def _all_tasks(client: Client, info: BatchInfo, status: TaskStatus | None)
 
 async def results(ctx: Context, args: argparse.Namespace) -> int:
     url = _existing_store(args.store or ctx.settings().store_url)
-    store = open_store(url)
-    try:
+    async with _task_store(url, "read") as store:
         records = await store.list_tasks(args.batch)
-    finally:
-        await store.close()
     if not records:
-        raise CliError(f"the task store at {url} has no tasks of batch {args.batch}", USAGE)
+        raise CliError(
+            f"the task store at {display_url(url)} has no tasks of batch {args.batch}", USAGE
+        )
     if args.out:
         count = _write_results(records, Path(args.out))
         counts = Counter(record.status.value for record in records)
@@ -396,6 +392,20 @@ def _batch_exists(batch_id: str) -> CliError:
     return CliError(f"a batch named {batch_id} already exists; choose another --batch-id", USAGE)
 
 
+@asynccontextmanager
+async def _task_store(url: str, doing: str) -> AsyncIterator[TaskStore]:
+    """The store at `url`, closed afterwards; a database that cannot be reached or written is
+    a one-line error naming it (without its password)."""
+    store = open_store(url)
+    try:
+        yield store
+    except store_errors() as err:
+        raise CliError(f"cannot {doing} the task store at {display_url(url)}: {err}") from None
+    finally:
+        with contextlib.suppress(*store_errors()):
+            await store.close()
+
+
 def _existing_store(url: str) -> str:
     if not _store_exists(url):
         # Opening a missing SQLite file would create an empty store and report no tasks.
@@ -405,7 +415,7 @@ def _existing_store(url: str) -> str:
 
 
 def _store_exists(url: str) -> bool:
-    return url.startswith(("postgres://", "postgresql://")) or _sqlite_path(url).is_file()
+    return is_postgres(url) or _sqlite_path(url).is_file()
 
 
 def _sqlite_path(url: str) -> Path:

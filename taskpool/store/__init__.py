@@ -6,6 +6,7 @@ The batch workflow decides what runs; the store remembers what happened. Every w
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -37,12 +38,38 @@ class TaskStore(Protocol):
     async def close(self) -> None: ...
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def display_url(url: str) -> str:
+    """`url` as messages may show it: no password."""
+    if is_postgres(url):
+        from taskpool.store.postgres import display_url as postgres_display_url
+
+        return postgres_display_url(url)
+    return url
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a store raises when its database cannot be reached, opened or written: the errors a
+    command reports in a sentence, not a traceback."""
+    errors: list[type[Exception]] = [OSError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
 def open_store(url: str) -> TaskStore:
     """A store for `url`: a `sqlite:///path` URL or a plain file path; `postgresql://...` where
     that backend is installed."""
     from taskpool.store.sqlite import SqliteTaskStore
 
-    if url.startswith(("postgres://", "postgresql://")):
+    if is_postgres(url):
         from taskpool.store.postgres import PostgresTaskStore
 
         return PostgresTaskStore(url)

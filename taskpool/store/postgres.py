@@ -139,6 +139,13 @@ _EVENTS = sql.SQL("SELECT e.task_id, e.key, e.type, e.at, e.message, e.data FROM
 _READ_SNAPSHOT = sql.SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
+def display_url(url: str) -> str:
+    """A PostgreSQL URL's target without its user and password, for messages and logs."""
+    params = conninfo_to_dict(url)
+    host, port = params.get("host", ""), params.get("port", 5432)
+    return f"postgresql://{host}:{port}/{params.get('dbname', '')}"
+
+
 class PostgresTaskStore:
     """A TaskStore in the PostgreSQL database at `url` (a libpq URL or conninfo string).
 
@@ -156,9 +163,7 @@ class PostgresTaskStore:
     @property
     def display_url(self) -> str:
         """The URL's target without its password, for messages and logs."""
-        params = conninfo_to_dict(self.url)
-        host, port = params.get("host", ""), params.get("port", 5432)
-        return f"postgresql://{host}:{port}/{params.get('dbname', '')}"
+        return display_url(self.url)
 
     async def __aenter__(self) -> Self:
         return self
