@@ -35,3 +35,13 @@ async def test_a_batch_runs_the_same_without_the_sandbox(
 async def test_the_default_worker_keeps_the_sandbox(client: Client, settings: Settings) -> None:
     async with running_worker(client, settings) as worker:
         assert isinstance(worker.config()["workflow_runner"], SandboxedWorkflowRunner)
+
+
+async def test_eager_activities_only_without_a_requests_per_minute_limit(
+    client: Client, settings: Settings
+) -> None:
+    # Eager execution would hand the LLM activity to the worker past the task-queue rate limit.
+    async with running_worker(client, settings) as free:
+        assert free.config()["disable_eager_activity_execution"] is False
+    async with running_worker(client, settings, requests_per_minute=60) as limited:
+        assert limited.config()["disable_eager_activity_execution"] is True
