@@ -44,7 +44,21 @@ class PackingError(ValueError):
     """The packed state is damaged or written by an unknown version."""
 
 
-def pack(entries: Sequence[TaskEntry]) -> PackedTasks:
+# What a failed task's error says once the batch has had to drop the details (the store has them).
+DETAILS_IN_STORE = "details are in the task store"
+
+
+def pack(entries: Sequence[TaskEntry], *, limit_bytes: int | None = None) -> PackedTasks:
+    """The packed state. Over `limit_bytes` (many failures with long, varied messages), it is
+    packed again without error messages and reasons, which the task store keeps anyway: a state
+    too large to carry would stop the batch at its next continue-as-new."""
+    packed = _pack(entries, details=True)
+    if limit_bytes is not None and len(packed.data) > limit_bytes:
+        packed = _pack(entries, details=False)
+    return packed
+
+
+def _pack(entries: Sequence[TaskEntry], *, details: bool) -> PackedTasks:
     ordinal = {entry.id: index for index, entry in enumerate(entries)}
     retries: dict[int, int] = {}
     depends_on: dict[int, list[int | str]] = {}
@@ -64,8 +78,13 @@ def pack(entries: Sequence[TaskEntry]) -> PackedTasks:
         ):
             due[index] = entry.scheduled_for.isoformat()
         if entry.error is not None:
-            errors[index] = entry.error.model_dump()
-        if entry.status_reason is not None:
+            error = (
+                entry.error
+                if details
+                else entry.error.model_copy(update={"message": DETAILS_IN_STORE})
+            )
+            errors[index] = error.model_dump()
+        if entry.status_reason is not None and details:
             reasons[index] = entry.status_reason
         if entry.started_at is not None and entry.status in IN_FLIGHT_STATUSES:
             started[index] = entry.started_at.isoformat()

@@ -20,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from taskpool.batches import MAX_START_BYTES, BatchTooLargeError, batch_run
 from taskpool.models import BatchRun, PackedTasks, Priority, TaskError, TaskSpec, TaskStatus
-from taskpool.packing import PackingError, pack, unpack
+from taskpool.packing import DETAILS_IN_STORE, PackingError, pack, unpack
 from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
 
 S = TaskStatus
@@ -415,3 +415,31 @@ def test_a_batch_over_the_task_count_limit_is_refused_with_the_limit() -> None:
         f"{MAX_TASKS_PER_BATCH}: split the file into several batches"
     )
     assert batch_run(specs[:-1]).tasks.count == MAX_TASKS_PER_BATCH
+
+
+def test_a_state_over_the_limit_drops_error_details_not_tasks() -> None:
+    rng = random.Random(7)
+    entries = [
+        TaskEntry(
+            id=f"t{i}",
+            status=TaskStatus.FAILED,
+            attempts=1,
+            error=TaskError(code="model_error", message=f"{rng.getrandbits(1200):x}"),
+            status_reason=f"reason {rng.getrandbits(64):x}",
+        )
+        for i in range(4_000)
+    ]
+    full = pack(entries)
+    limit = len(full.data) // 4
+
+    trimmed = pack(entries, limit_bytes=limit)
+
+    assert len(trimmed.data) <= limit
+    restored = unpack(trimmed)
+    assert [e.id for e in restored] == [e.id for e in entries]
+    assert {e.status for e in restored} == {TaskStatus.FAILED}
+    assert {e.error.code for e in restored if e.error} == {"model_error"}
+    assert {e.error.message for e in restored if e.error} == {DETAILS_IN_STORE}
+    assert all(e.status_reason is None for e in restored)
+    # Under the limit nothing is dropped.
+    assert unpack(pack(entries, limit_bytes=len(full.data))) == unpack(full)

@@ -72,6 +72,9 @@ with workflow.unsafe.imports_passed_through():
 # child starts, child signals and store writes go out in groups of this size.
 COMMAND_GROUP = 100
 STORE_CHUNK = 500
+# Temporal refuses payloads over 2 MB; past this the packed state drops error details (the store
+# keeps them) rather than risk a continue-as-new the server would refuse.
+PACKED_STATE_LIMIT = 1_500_000
 # The TaskpoolProgress search attribute moves in steps of this many percent.
 PROGRESS_STEP = 5
 # How long cancellation waits for running children to confirm before it marks them cancelled.
@@ -502,7 +505,7 @@ class BatchWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             if not self._store_updates and self._children_paused == self._run.paused:
                 break
-        self._run.tasks = pack(self._table.entries)
+        self._run.tasks = pack(self._table.entries, limit_bytes=PACKED_STATE_LIMIT)
         self._run.usage = self._table.usage
         self._run.llm_calls = self._table.llm_calls
         self._run.recent_failures = list(self._table.recent_failures)
