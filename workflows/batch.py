@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -97,7 +97,7 @@ class BatchWorkflow:
         self._reports_this_run = 0
         # Children of an earlier run were told the pause state before it continued as new.
         self._children_paused = run.paused
-        self._store_updates: list[TaskRecordUpdate] = []
+        self._store_updates: list[_Change] = []
         self._search_attributes: tuple[str, int] | None = None
         self._start_tasks: set[asyncio.Task[None]] = set()
         # Children this run started and awaits, by workflow id; those that confirmed the hand-over.
@@ -534,35 +534,33 @@ class BatchWorkflow:
             )
 
     def _note_changes(self, entries: Sequence[TaskEntry], event: EventType | None = None) -> None:
-        """Queue store writes for status changes the batch made itself."""
+        """Queue store writes for status changes the batch made itself. A change is noted as a
+        plain tuple and becomes a model only when its group is written: cancelling or starting
+        a large batch notes every task at once, inside one workflow task."""
         now = workflow.now()
-        for entry in entries:
-            event_type = event if event is not None else EventType(entry.status.value)
-            self._store_updates.append(
-                TaskRecordUpdate(
-                    batch_id=self._batch_id,
-                    task_id=entry.id,
-                    status=entry.status,
-                    retry_count=entry.retry_count,
-                    error=entry.error,
-                    completed_at=now if entry.status.is_terminal else None,
-                    events=[
-                        TaskEvent(
-                            key=f"batch:{entry.retry_count}:{entry.attempts}:{entry.status.value}",
-                            type=event_type,
-                            at=now,
-                            message=entry.status_reason,
-                        )
-                    ],
-                )
+        self._store_updates += [
+            _Change(
+                entry.id,
+                entry.status,
+                entry.retry_count,
+                entry.attempts,
+                entry.error,
+                entry.status_reason,
+                event if event is not None else EventType(entry.status.value),
+                now,
             )
+            for entry in entries
+        ]
 
     async def _flush_store(self) -> None:
+        # One local activity per group: each completion starts a new workflow task, so the work of
+        # a large flush is spread out rather than done in one.
         while self._store_updates:
             chunk = self._store_updates[:STORE_CHUNK]
             del self._store_updates[:STORE_CHUNK]
+            updates = [change.update(self._batch_id) for change in chunk]
             await workflow.execute_local_activity(
-                names.RECORD_TASKS, RecordTasksRequest(updates=chunk), **STORE_WRITE_OPTIONS
+                names.RECORD_TASKS, RecordTasksRequest(updates=updates), **STORE_WRITE_OPTIONS
             )
 
     # --- what people see --------------------------------------------------------------------------
@@ -592,6 +590,37 @@ class BatchWorkflow:
                     names.BATCH_PROGRESS_ATTRIBUTE.value_set(visible[1]),
                 ]
             )
+
+
+class _Change(NamedTuple):
+    """A status change the batch made, as it was when noted, waiting for its store write."""
+
+    task_id: str
+    status: TaskStatus
+    retry_count: int
+    attempts: int
+    error: TaskError | None
+    reason: str | None
+    event_type: EventType
+    at: datetime
+
+    def update(self, batch_id: str) -> TaskRecordUpdate:
+        return TaskRecordUpdate(
+            batch_id=batch_id,
+            task_id=self.task_id,
+            status=self.status,
+            retry_count=self.retry_count,
+            error=self.error,
+            completed_at=self.at if self.status.is_terminal else None,
+            events=[
+                TaskEvent(
+                    key=f"batch:{self.retry_count}:{self.attempts}:{self.status.value}",
+                    type=self.event_type,
+                    at=self.at,
+                    message=self.reason,
+                )
+            ],
+        )
 
 
 def _outcome_of_unfinished_child(
