@@ -79,17 +79,12 @@ def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) ->
 async def register_definitions(store: TaskStore, batch_id: str, tasks: Sequence[TaskSpec]) -> None:
     """Write the batch's task definitions to the store, where its task workflows read them.
     Idempotent: a task the store already has for this batch is left as it is."""
-    at = datetime.now(UTC)
-    for start in range(0, len(tasks), REGISTER_CHUNK):
-        chunk = list(tasks[start : start + REGISTER_CHUNK])
-        await store.register_tasks(
-            RegisterTasksRequest(
-                batch_id=batch_id,
-                tasks=chunk,
-                initial_status={spec.id: TaskStatus.PENDING for spec in chunk},
-                at=at,
-            )
-        )
+    pending = dict.fromkeys((spec.id for spec in tasks), TaskStatus.PENDING)
+    groups = RegisterTasksRequest.in_groups(
+        batch_id, tasks, pending, datetime.now(UTC), REGISTER_CHUNK
+    )
+    for request in groups:
+        await store.register_tasks(request)
 
 
 async def start_batch(

@@ -7,6 +7,7 @@ added with defaults so that running workflows keep decoding old payloads.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -420,6 +421,25 @@ class RegisterTasksRequest(_Model):
     tasks: list[TaskSpec]
     initial_status: dict[str, TaskStatus]
     at: datetime
+
+    @classmethod
+    def in_groups(
+        cls,
+        batch_id: str,
+        tasks: Sequence[TaskSpec],
+        initial_status: Mapping[str, TaskStatus],
+        at: datetime,
+        size: int,
+    ) -> Iterator[RegisterTasksRequest]:
+        """The registration of `tasks` as requests of at most `size` tasks each, in order."""
+        for start in range(0, len(tasks), size):
+            group = list(tasks[start : start + size])
+            yield cls(
+                batch_id=batch_id,
+                tasks=group,
+                initial_status={spec.id: initial_status[spec.id] for spec in group},
+                at=at,
+            )
 
 
 class TaskRecord(_Model):

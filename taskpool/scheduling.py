@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from taskpool.lifecycle import transition
@@ -51,7 +51,7 @@ class TaskEntry:
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = 0
     retry_count: int = 0
-    error: TaskError | None = field(default=None)
+    error: TaskError | None = None
     status_reason: str | None = None
     # When the batch started the task's current attempt; kept while it runs, for watchers.
     started_at: datetime | None = None
@@ -89,7 +89,7 @@ class TaskTable:
             for dependency in entry.depends_on:
                 self._dependents.setdefault(dependency, []).append(entry.id)
         self._ready: list[tuple[int, int, str]] = [
-            (-entry.priority.rank, order, entry.id)
+            _ready_item(entry, order)
             for order, entry in enumerate(self.entries)
             if entry.status is S.QUEUED
         ]
@@ -299,7 +299,7 @@ class TaskTable:
     def _track(self, entry: TaskEntry) -> None:
         order = self._order[entry.id]
         if entry.status is S.QUEUED:
-            heapq.heappush(self._ready, (-entry.priority.rank, order, entry.id))
+            heapq.heappush(self._ready, _ready_item(entry, order))
         elif entry.status is S.SCHEDULED and entry.scheduled_for is not None:
             heapq.heappush(self._scheduled, (entry.scheduled_for, order, entry.id))
 
@@ -327,6 +327,11 @@ class TaskTable:
                 self._move(dependent, S.QUEUED)
                 changed.append(dependent)
         return changed
+
+
+def _ready_item(entry: TaskEntry, order: int) -> tuple[int, int, str]:
+    """Ready tasks run by priority (highest first), then in the order they were added."""
+    return (-entry.priority.rank, order, entry.id)
 
 
 # An error's message is for people reading a status; the store keeps it whole. The batch keeps a

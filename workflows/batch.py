@@ -520,17 +520,12 @@ class BatchWorkflow:
     # --- the task store ---------------------------------------------------------------------------
 
     async def _register(self, specs: Sequence[TaskSpec], statuses: dict[str, TaskStatus]) -> None:
-        for start in range(0, len(specs), STORE_CHUNK):
-            chunk = specs[start : start + STORE_CHUNK]
+        groups = RegisterTasksRequest.in_groups(
+            self._batch_id, specs, statuses, workflow.now(), STORE_CHUNK
+        )
+        for request in groups:
             await workflow.execute_local_activity(
-                names.REGISTER_TASKS,
-                RegisterTasksRequest(
-                    batch_id=self._batch_id,
-                    tasks=chunk,
-                    initial_status={spec.id: statuses[spec.id] for spec in chunk},
-                    at=workflow.now(),
-                ),
-                **STORE_WRITE_OPTIONS,
+                names.REGISTER_TASKS, request, **STORE_WRITE_OPTIONS
             )
 
     def _note_changes(self, entries: Sequence[TaskEntry], event: EventType | None = None) -> None:

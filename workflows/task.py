@@ -99,10 +99,7 @@ class TaskWorkflow:
         if self._report_by_signal:
             await self._report()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        outcome = self._outcome()
-        # The batch needs the outcome, not the result: results live in the store.
-        outcome.result = None
-        return outcome
+        return self._outcome_for_batch()
 
     @workflow.signal(name=names.CONTROL)
     async def control(self, command: ChildControl) -> None:
@@ -314,10 +311,13 @@ class TaskWorkflow:
         )
 
     async def _report(self) -> None:
-        outcome = self._outcome()
+        await self._signal_batch(names.TASK_FINISHED, self._outcome_for_batch())
+
+    def _outcome_for_batch(self) -> TaskOutcome:
         # The batch needs the outcome, not the result: results live in the store.
+        outcome = self._outcome()
         outcome.result = None
-        await self._signal_batch(names.TASK_FINISHED, outcome)
+        return outcome
 
     async def _signal_batch(self, name: str, payload: Any) -> None:
         batch = workflow.get_external_workflow_handle(self._request.batch_id)
