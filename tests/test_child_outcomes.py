@@ -1,0 +1,74 @@
+"""What a batch records when a task workflow ends without an outcome of its own, and what the
+batch shows of its progress in the UI's list."""
+
+from __future__ import annotations
+
+import json
+
+from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from taskpool import names
+from taskpool.batches import batch_status
+from taskpool.models import BatchOptions, BatchState, TaskQuery, TaskStatus, TaskView
+from taskpool.scripted_server import ScriptedModelServer
+from taskpool.settings import Settings
+from tests.conftest import eventually, start_test_batch
+from tests.test_batch_e2e import documents
+
+
+async def test_a_terminated_task_workflow_fails_its_task_and_the_batch_goes_on(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    scripted.latency = 2.0
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(3), BatchOptions(concurrency=1)
+    )
+    first = client.get_workflow_handle(f"{batch_id}/doc-0")
+
+    async def running() -> None:
+        assert (await batch_status(client, batch_id)).in_flight == 1
+        await first.describe()
+
+    await eventually(running)
+    await first.terminate(reason="an operator stopped it")
+    result = await handle.result()
+
+    assert result.state is BatchState.FAILED
+    assert result.counts["failed"] == 1
+    assert result.counts["completed"] == 2
+    view: TaskView = await handle.query(
+        names.TASK, TaskQuery(task_id="doc-0"), result_type=TaskView
+    )
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "terminated"
+
+
+async def test_the_progress_search_attribute_moves_in_steps_of_five(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    # 40 tasks: 2.5 % each, so steps of one percent would upsert on every report.
+    handle = await start_test_batch(
+        client, settings, batch_id, documents(40), BatchOptions(concurrency=8)
+    )
+    await handle.result()
+
+    progress: list[int] = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == HistoryEventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+            payload = fields.indexed_fields[names.BATCH_PROGRESS_ATTRIBUTE.name]
+            progress.append(json.loads(payload.data))
+    assert progress[-1] == 100
+    assert all(value % 5 == 0 for value in progress)
+    assert progress == sorted(progress)
