@@ -65,6 +65,7 @@ def build_worker(
         budget=budget,
         temperature=settings.temperature,
         json_max_string_length=settings.json_max_string_length,
+        store=store,
     )
     lifecycle = LifecycleActivities(store)
     rpm = settings.requests_per_minute
@@ -75,7 +76,6 @@ def build_worker(
         activities=[
             llm.chat_turn,
             lifecycle.register_tasks,
-            lifecycle.load_task,
             lifecycle.record_tasks,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,

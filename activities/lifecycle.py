@@ -7,10 +7,9 @@ activity can run more than once.
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from taskpool import names
-from taskpool.models import LoadTaskRequest, RecordTasksRequest, RegisterTasksRequest, TaskSpec
+from taskpool.models import RecordTasksRequest, RegisterTasksRequest
 from taskpool.store import TaskStore
 from taskpool.store.common import UnknownTaskError
 
@@ -22,25 +21,6 @@ class LifecycleActivities:
     @activity.defn(name=names.REGISTER_TASKS)
     async def register_tasks(self, request: RegisterTasksRequest) -> None:
         await self._store.register_tasks(request)
-
-    @activity.defn(name=names.LOAD_TASK)
-    async def load_task(self, request: LoadTaskRequest) -> TaskSpec:
-        record = await self._store.get_task(request.batch_id, request.task_id)
-        if record is None:
-            raise ApplicationError(
-                f"task {request.task_id!r} of batch {request.batch_id} is not in the task store "
-                "(is the worker using the store the batch was started with?)",
-                type="DefinitionMissing",
-                non_retryable=True,
-            )
-        return TaskSpec(
-            id=record.task_id,
-            input=record.input,
-            label=record.label if record.label != record.task_id else None,
-            kind=record.kind,
-            priority=record.priority,
-            metadata=record.metadata,
-        )
 
     @activity.defn(name=names.RECORD_TASKS)
     async def record_tasks(self, request: RecordTasksRequest) -> None:

@@ -1,5 +1,9 @@
 """The LLM activity: one chat-completion turn against an OpenAI-compatible endpoint.
 
+A task's first turn names the task instead of carrying its messages: the activity reads the
+definition from the task store and builds the opening messages itself (returning them for the next
+turns), so a task needs no separate step, and no extra workflow round, to load its definition.
+
 The client is built once per worker with `max_retries=0`: Temporal owns retries, so every attempt
 is in the workflow's history. Provider errors become retryable or non-retryable ApplicationErrors,
 with the provider's own retry delay when it gives one.
@@ -21,8 +25,15 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from taskpool import names
-from taskpool.models import ChatMessage, ChatTurnRequest, ChatTurnResult, TokenUsage, ToolCall
+from taskpool import agents, names
+from taskpool.models import (
+    ChatMessage,
+    ChatTurnRequest,
+    ChatTurnResult,
+    DefinitionRef,
+    TokenUsage,
+    ToolCall,
+)
 from taskpool.ratelimit import (
     DEFAULT_COMPLETION_ALLOWANCE,
     BudgetWaitTimeout,
@@ -30,6 +41,7 @@ from taskpool.ratelimit import (
     estimate_tokens,
     spending,
 )
+from taskpool.store import TaskStore
 from taskpool.tool_emulation import (
     emulated_messages,
     emulation_instructions,
@@ -63,8 +75,10 @@ class LlmActivities:
         completion_allowance: int = DEFAULT_COMPLETION_ALLOWANCE,
         temperature: float | None = None,
         json_max_string_length: int | None = None,
+        store: TaskStore | None = None,
     ) -> None:
         self._client = client
+        self._store = store
         self._temperature = temperature
         self._json_max_string_length = json_max_string_length
         self._default_model = default_model
@@ -81,6 +95,10 @@ class LlmActivities:
             task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
         )
         started = time.monotonic()
+        opening: list[ChatMessage] = []
+        if request.definition is not None:
+            opening = await self._opening_messages(request.definition)
+            request = request.model_copy(update={"messages": [*opening, *request.messages]})
         try:
             # Waiting for the token budget happens in here too: it heartbeats all the while.
             async with self._heartbeating():
@@ -99,6 +117,7 @@ class LlmActivities:
         finally:
             structlog.contextvars.unbind_contextvars("task_key", "turn", "attempt", "model")
         result = self._to_result(completion, request, model)
+        result.opening = opening
         log.info(
             "llm turn done",
             task_key=request.task_key,
@@ -108,6 +127,19 @@ class LlmActivities:
             tokens=result.usage.total_tokens,
         )
         return result
+
+    async def _opening_messages(self, where: DefinitionRef) -> list[ChatMessage]:
+        record = None
+        if self._store is not None:
+            record = await self._store.get_task(where.batch_id, where.task_id)
+        if record is None:
+            raise ApplicationError(
+                f"task {where.task_id!r} of batch {where.batch_id} is not in the task store "
+                "(is the worker using the store the batch was started with?)",
+                type=names.DEFINITION_MISSING,
+                non_retryable=True,
+            )
+        return agents.first_messages(record.definition())
 
     async def _call_model(self, request: ChatTurnRequest, model: str) -> Any:
         arguments = self._request_arguments(request, model)

@@ -357,10 +357,20 @@ class ChatMessage(_Model):
     tool_call_id: str | None = None
 
 
+class DefinitionRef(_Model):
+    """Where a task's definition is kept: its batch and id in the task store."""
+
+    batch_id: str
+    task_id: str
+
+
 class ChatTurnRequest(_Model):
     task_key: str
     turn: int
     messages: list[ChatMessage]
+    # The first turn names the task instead of carrying its opening messages: the activity reads
+    # the definition from the store and builds them, so a task needs no separate step to load it.
+    definition: DefinitionRef | None = None
     tools: list[ToolSpec]
     model: str | None = None
     timeout_seconds: float = 120.0
@@ -370,6 +380,8 @@ class ChatTurnRequest(_Model):
 
 
 class ChatTurnResult(_Model):
+    # The messages built from the definition (first turn only), for the next turns to continue.
+    opening: list[ChatMessage] = Field(default_factory=list)
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
@@ -409,11 +421,6 @@ class RecordTasksRequest(_Model):
     """Lifecycle writes, several tasks or several changes at once to keep activities few."""
 
     updates: list[TaskRecordUpdate]
-
-
-class LoadTaskRequest(_Model):
-    batch_id: str
-    task_id: str
 
 
 class RegisterTasksRequest(_Model):
@@ -465,6 +472,16 @@ class TaskRecord(_Model):
     completed_at: datetime | None = None
     updated_at: datetime
     events: list[TaskEvent] = Field(default_factory=list)
+
+    def definition(self) -> TaskSpec:
+        return TaskSpec(
+            id=self.task_id,
+            input=self.input,
+            label=self.label if self.label != self.task_id else None,
+            kind=self.kind,
+            priority=self.priority,
+            metadata=self.metadata,
+        )
 
     @property
     def duration_seconds(self) -> float | None:

@@ -34,8 +34,10 @@ TASK_PROGRESS = "progress"
 # Activities.
 CHAT_TURN = "chat_turn"
 REGISTER_TASKS = "register_tasks"
-LOAD_TASK = "load_task"
 RECORD_TASKS = "record_tasks"
+
+# The error type a task fails with when the store does not have its definition.
+DEFINITION_MISSING = "definition_missing"
 
 BATCH_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("TaskpoolBatchState")
 BATCH_PROGRESS_ATTRIBUTE = SearchAttributeKey.for_int("TaskpoolProgress")

@@ -2,9 +2,11 @@
 
 Each LLM turn is one activity. The model drives the task through lifecycle tools bound to this one
 task; every tool call in a reply is applied in order, so a simple task costs a single LLM call. The
-workflow reads its definition from the task store, records transitions there (a local activity per
-turn) and returns its outcome, which the batch run that started it awaits. A child handed over to a
-later run of the batch (see workflows/batch.py) reports by signal instead, as does a cancelled one.
+first turn's activity reads the task's definition from the task store (a definition can be large, so
+it stays out of the batch's history and this workflow's input). The workflow records transitions
+in the store (a local activity per turn) and returns its outcome, which the batch run that started
+it awaits. A child handed over to a later run of the batch (see workflows/batch.py) reports by
+signal instead, as does a cancelled one.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         ChatTurnRequest,
         ChatTurnResult,
         ChildControl,
+        DefinitionRef,
         EventType,
-        LoadTaskRequest,
         RecordTasksRequest,
         TaskError,
         TaskEvent,
@@ -38,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         TaskRecordUpdate,
         TaskRef,
         TaskRunInput,
-        TaskSpec,
         TaskStatus,
         TokenUsage,
         ToolCall,
@@ -82,9 +83,7 @@ class TaskWorkflow:
                 f"attempt {request.attempt} assigned to {workflow.info().workflow_id}",
                 attempt=request.attempt,
             )
-            spec = await self._load_definition()
-            if spec is not None:
-                await self._agent_loop(spec)
+            await self._agent_loop()
         except asyncio.CancelledError:
             # Record and report the cancellation before letting it end the workflow; Temporal lets
             # a workflow run more commands after it has caught its cancellation.
@@ -119,27 +118,9 @@ class TaskWorkflow:
 
     # --- the agent loop ---------------------------------------------------------------------------
 
-    async def _load_definition(self) -> TaskSpec | None:
-        """The task's definition, read from the task store: a definition can be large, so it stays
-        out of the batch's history and this workflow's input."""
-        try:
-            spec: TaskSpec = await workflow.execute_local_activity(
-                names.LOAD_TASK,
-                LoadTaskRequest(batch_id=self._request.batch_id, task_id=self._task_id),
-                result_type=TaskSpec,
-                **STORE_WRITE_OPTIONS,
-            )
-        except (ActivityError, ApplicationError) as err:
-            # A local activity's own failure arrives as it was raised, not wrapped.
-            cause = err.cause if isinstance(err, ActivityError) else err
-            message = cause.message if isinstance(cause, FailureError) else str(err)
-            self._fail("definition_missing", message)
-            return None
-        return spec
-
-    async def _agent_loop(self, spec: TaskSpec) -> None:
+    async def _agent_loop(self) -> None:
         settings = self._request.agent
-        messages = agents.first_messages(spec)
+        messages: list[ChatMessage] = []
         nudged = False
         for turn in range(1, settings.max_turns + 1):
             # A paused batch starts no new LLM call; a turn already running may finish.
@@ -147,6 +128,7 @@ class TaskWorkflow:
             reply = await self._chat_turn(messages, turn)
             if reply is None:
                 return
+            messages.extend(reply.opening)
             messages.append(
                 ChatMessage(role="assistant", content=reply.content, tool_calls=reply.tool_calls)
             )
@@ -181,6 +163,11 @@ class TaskWorkflow:
             task_key=f"{self._request.batch_id}/{self._task_id}",
             turn=turn,
             messages=messages,
+            definition=(
+                DefinitionRef(batch_id=self._request.batch_id, task_id=self._task_id)
+                if turn == 1
+                else None
+            ),
             tools=list(agents.LIFECYCLE_TOOLS),
             model=settings.model,
             timeout_seconds=settings.llm_timeout_seconds,
@@ -200,7 +187,9 @@ class TaskWorkflow:
             cause = err.cause
             detail = str(cause) if cause is not None else str(err)
             code = cause.type if isinstance(cause, ApplicationError) and cause.type else "llm_error"
-            self._fail(code, f"the model call failed: {detail}")
+            if code != names.DEFINITION_MISSING:
+                detail = f"the model call failed: {detail}"
+            self._fail(code, detail)
             return None
         self._llm_calls += 1
         self._usage = self._usage + reply.usage
