@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         append_result,
         bench_server,
         command_line,
+        compile_workflow_modules,
         db_bytes,
         parse_pairs,
         server_config,
@@ -243,6 +244,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    compile_workflow_modules()
     result = asyncio.run(measure(args))
     print(summary(result))
     if args.json:

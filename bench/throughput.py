@@ -58,6 +58,7 @@ from _common import (
     append_result,
     bench_server,
     command_line,
+    compile_workflow_modules,
     machine_busy_seconds,
     parse_pairs,
     process_cpu_seconds,
@@ -602,7 +603,7 @@ TASK_SPANS = (
         "child:workflow_task_started",
     ),
     Span(
-        "first workflow task -> LLM activity scheduled (definition read by a local activity)",
+        "first workflow task -> LLM activity scheduled",
         "child:workflow_task_started",
         "child:activity_task_scheduled",
     ),
@@ -1076,19 +1077,25 @@ def history_lines(report: HistoryReport, tasks: int) -> list[str]:
         f"{name} x{count}" for name, count in report.workflow_task_problems.items()
     )
     lines.append(f"Workflow tasks that failed or timed out (each retried): {problems or 'none'}.")
-    if any(report.phases_s.values()):
-        lines += [
-            "",
-            "| where a task's time goes | median ms | p90 ms | n |",
-            "|---|---:|---:|---:|",
-        ]
-        for label, values in report.phases_s.items():
-            if values:
-                p90 = statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
-                lines.append(
-                    f"| {label} | {1000 * statistics.median(values):.0f} | {1000 * p90:.0f} | "
-                    f"{len(values)} |"
-                )
+    return lines + phase_lines(report)
+
+
+def phase_lines(report: HistoryReport) -> list[str]:
+    """Median and p90 of each span of a task's life, read from the histories."""
+    if not any(report.phases_s.values()):
+        return []
+    lines = [
+        "",
+        "| where a task's time goes | median ms | p90 ms | n |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, values in report.phases_s.items():
+        if values:
+            p90 = statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+            lines.append(
+                f"| {label} | {1000 * statistics.median(values):.0f} | {1000 * p90:.0f} | "
+                f"{len(values)} |"
+            )
     return lines
 
 
@@ -1204,7 +1211,9 @@ async def utilisation(
     for window in windows:
         tasks = min(rounds * window, max_tasks)
         runs.append(
-            await run_taskpool(BatchPlan(tasks=tasks, window=window, latency=latency), common)
+            await run_taskpool(
+                BatchPlan(tasks=tasks, window=window, latency=latency, histories=True), common
+            )
         )
         reference = await run_ceiling(tasks, window, common, activity_seconds=latency)
         references.append(float(reference["tasks_per_s"]))
@@ -1252,6 +1261,9 @@ async def utilisation(
             }
         )
     lines += ["", CPU_HEADER, *(cpu_row(f"W={r.plan.window}", r) for r in runs)]
+    for run in runs:
+        if run.history is not None:
+            lines += ["", f"W = {run.plan.window}:", *phase_lines(run.history)]
     return Section(
         title=f"taskpool utilisation at L = {latency:g} s",
         body="\n".join(lines),
@@ -1510,6 +1522,7 @@ async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    compile_workflow_modules()
     pragmas = parse_pairs(args.pragma, "--pragma")
     common = Common(
         server_name=args.server,
