@@ -48,6 +48,7 @@ def compile_workflow_modules() -> None:
     for folder in ("workflows", "bench"):
         compileall.compile_dir(ROOT / folder, quiet=1)
 
+
 __all__ = [
     "RESULTS_MD",
     "ROOT",

@@ -4,10 +4,11 @@ Every taskpool run is the real thing: a private dev server on a fresh SQLite fil
 worker.py` as its own process, the scripted model server in this process, and a batch of simple
 summarise tasks started as starter.py starts one. Parts, each runnable alone:
 
-    python bench/throughput.py ceiling-vs-taskpool [--tasks 500] [--window 50]
+    python bench/throughput.py ceiling-vs-taskpool [--tasks 500] [--window 50] [--pairs 3]
             [--ceiling-server untuned]
         the ceiling (bench/ceiling.py) and a taskpool batch with the same N and W, model latency 0,
-        in one invocation so the ratio holds on a noisy machine; plus LLM calls and tokens per
+        in one invocation so the ratio holds on a noisy machine (--pairs rounds of both, the
+        verdict on the median ratio); plus LLM calls and tokens per
         task, events per workflow and where each task's time goes. With --ceiling-server other
         than --server the ceiling is measured on both, giving taskpool / ceiling on the same
         server and taskpool / the ceiling on the other (the issue: durable taskpool >= 1.5x the
@@ -1130,59 +1131,95 @@ class Section:
 
 
 async def ceiling_vs_taskpool(
-    tasks: int, window: int, common: Common, ceiling_server: str | None = None
+    tasks: int,
+    window: int,
+    common: Common,
+    ceiling_server: str | None = None,
+    pairs: int = 1,
 ) -> Section:
-    """The ceiling on the taskpool run's server, and also on `ceiling_server` when that differs:
-    the issue compares taskpool on the durable server with the ceiling on the untuned one."""
+    """`pairs` rounds of the ceiling then taskpool on the same server configuration, each on a
+    fresh server; the verdict is the median ratio, since neighbours on a shared machine move
+    single runs by 20 % or more. Also the ceiling on `ceiling_server` when that differs: the
+    issue compares taskpool on the durable server with the ceiling on the untuned one."""
     other = ceiling_server if ceiling_server not in (None, common.server_name) else None
-    ceilings: dict[str, dict[str, Any]] = {}
-    for name in (other, common.server_name):
-        if name is not None:
-            ceilings[name] = await run_ceiling(tasks, window, common, name)
-    run = await run_taskpool(
-        BatchPlan(tasks=tasks, window=window, latency=0.0, histories=True), common
-    )
-    same = ceilings[common.server_name]
-    ratio = run.tasks_per_s / same["tasks_per_s"]
-    server_ratio = (run.cpu.server_s / tasks) / same["server_cpu_s_per_task"]
+    other_ceiling = await run_ceiling(tasks, window, common, other) if other else None
+    rounds: list[tuple[dict[str, Any], TaskpoolRun]] = []
+    for number in range(1, pairs + 1):
+        ceiling = await run_ceiling(tasks, window, common, common.server_name)
+        plan = BatchPlan(tasks=tasks, window=window, latency=0.0, histories=number == pairs)
+        rounds.append((ceiling, await run_taskpool(plan, common)))
+    ratios = [run.tasks_per_s / ceiling["tasks_per_s"] for ceiling, run in rounds]
+    server_ratios = [
+        (run.cpu.server_s / tasks) / ceiling["server_cpu_s_per_task"] for ceiling, run in rounds
+    ]
+    ratio = statistics.median(ratios)
+    server_ratio = statistics.median(server_ratios)
     lines = [
         f"Same N = {tasks} and W = {window}, scripted model at zero latency, a fresh dev server "
-        "(SQLite file) for each run.",
-        server_line(common, *ceilings),
+        f"(SQLite file) for each run; {pairs} pair(s) of runs, ceiling first, the verdict on the "
+        "median ratio.",
+        server_line(common, *([other] if other else []), common.server_name),
         "",
         "| run | dev server | tasks/s | server ms CPU/task | server util | worker ms CPU/task | "
         "worker util |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    named: list[tuple[str, dict[str, Any] | TaskpoolRun]] = (
+        [("ceiling", other_ceiling)] if other_ceiling is not None else []
+    )
+    for number, (ceiling, run) in enumerate(rounds, 1):
+        named.append((f"ceiling, pair {number}", ceiling))
+        named.append((f"taskpool, pair {number}", run))
+    for label, entry in named:
+        if isinstance(entry, TaskpoolRun):
+            lines.append(
+                f"| {label} (worker.py process) | {entry.server} | {entry.tasks_per_s:.2f} | "
+                f"{1000 * entry.cpu.server_s / tasks:.1f} | "
+                f"{entry.cpu.utilisation()['server']:.0%} | "
+                f"{1000 * entry.cpu.worker_s / tasks:.1f} | "
+                f"{entry.cpu.utilisation()['worker']:.0%} |"
+            )
+        else:
+            server = other if label == "ceiling" else common.server_name
+            lines.append(
+                f"| {label} (1 no-op activity per child, in-process worker) | {server} | "
+                f"{entry['tasks_per_s']:.2f} | {1000 * entry['server_cpu_s_per_task']:.1f} | "
+                f"{entry['server_cpu_util']:.0%} | {1000 * entry['worker_cpu_s_per_task']:.1f} | "
+                f"{entry['worker_cpu_util']:.0%} |"
+            )
+    run = rounds[-1][1]
+    each = ", ".join(f"{r:.2f}x" for r in ratios)
     lines += [
-        f"| ceiling (1 no-op activity per child, in-process worker) | {name} | "
-        f"{c['tasks_per_s']:.2f} | {1000 * c['server_cpu_s_per_task']:.1f} | "
-        f"{c['server_cpu_util']:.0%} | {1000 * c['worker_cpu_s_per_task']:.1f} | "
-        f"{c['worker_cpu_util']:.0%} |"
-        for name, c in ceilings.items()
-    ]
-    lines += [
-        f"| taskpool (worker.py process) | {run.server} | {run.tasks_per_s:.2f} | "
-        f"{1000 * run.cpu.server_s / tasks:.1f} | {run.cpu.utilisation()['server']:.0%} | "
-        f"{1000 * run.cpu.worker_s / tasks:.1f} | {run.cpu.utilisation()['worker']:.0%} |",
         "",
-        f"taskpool / ceiling, both on {run.server}: {ratio:.2f}x tasks/s (target >= "
-        f"{TARGET_RATIO:.1f}x: {verdict(ratio >= TARGET_RATIO)}); {server_ratio:.2f}x the "
-        "server's CPU per task.",
+        f"taskpool / ceiling, both on {run.server}: {ratio:.2f}x tasks/s, median of {each} "
+        f"(target >= {TARGET_RATIO:.1f}x: {verdict(ratio >= TARGET_RATIO)}); {server_ratio:.2f}x "
+        "the server's CPU per task.",
     ]
-    data: dict[str, Any] = {"ceiling": same, "taskpool": run_json(run), "ratio": ratio}
-    if other is not None:
-        cross = run.tasks_per_s / ceilings[other]["tasks_per_s"]
+    data: dict[str, Any] = {
+        "pairs": [{"ceiling": c, "taskpool": run_json(r)} for c, r in rounds],
+        "ratios": ratios,
+        "ratio": ratio,
+        "server_cpu_ratio": server_ratio,
+    }
+    if other_ceiling is not None:
+        rate = statistics.median(r.tasks_per_s for _, r in rounds)
+        cross = rate / other_ceiling["tasks_per_s"]
         target = (
             f" (target >= {TARGET_TUNED_RATIO:.1f}x: {verdict(cross >= TARGET_TUNED_RATIO)})"
             if (run.server, other) == ("durable", "untuned")
             else ""
         )
         lines.append(
-            f"taskpool on {run.server} / ceiling on {other}: {cross:.2f}x tasks/s{target}."
+            f"taskpool on {run.server} (median rate) / ceiling on {other}: {cross:.2f}x "
+            f"tasks/s{target}."
         )
-        data.update(ceiling_other=ceilings[other], ratio_other=cross)
-    lines += ["", CPU_HEADER, cpu_row("taskpool", run), "", *usage_lines(run)]
+        data.update(ceiling_other=other_ceiling, ratio_other=cross)
+    lines += [
+        "",
+        CPU_HEADER,
+        *(cpu_row(f"taskpool, pair {n}", r) for n, (_, r) in enumerate(rounds, 1)),
+    ]
+    lines += ["", *usage_lines(run)]
     if run.history is not None:
         lines += ["", slot_line(run), "", *history_lines(run.history, tasks)]
     return Section(
@@ -1430,6 +1467,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=sorted(SERVER_CONFIGS),
         help="also measure the ceiling on this configuration (default: --server's only)",
     )
+    compare.add_argument(
+        "--pairs", type=int, default=3, help="rounds of ceiling then taskpool; median ratio (3)"
+    )
 
     util = parts.add_parser("utilisation", parents=[common])
     util.add_argument("--windows", type=int, nargs="+", default=[10, 100], help="W (10 100)")
@@ -1474,10 +1514,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="ceiling-vs-taskpool: also measure the ceiling on this configuration",
     )
     every.add_argument(
+        "--pairs", type=int, default=3, help="ceiling-vs-taskpool rounds; median ratio (3)"
+    )
+    every.add_argument(
         "--history-tasks", type=int, default=HISTORY_TARGET_TASKS, help="history tasks (10000)"
     )
     args = parser.parse_args(argv)
-    for name in ("tasks", "history_tasks", "input_chars"):
+    for name in ("tasks", "history_tasks", "input_chars", "pairs"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if (getattr(args, "continue_as_new_after", None) or 1) < 1:
@@ -1491,7 +1534,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
     if args.part == "ceiling-vs-taskpool":
-        return [await ceiling_vs_taskpool(args.tasks, args.window, common, args.ceiling_server)]
+        return [
+            await ceiling_vs_taskpool(
+                args.tasks, args.window, common, args.ceiling_server, args.pairs
+            )
+        ]
     if args.part == "utilisation":
         return [
             await utilisation(
@@ -1510,8 +1557,12 @@ async def run_parts(args: argparse.Namespace, common: Common) -> list[Section]:
                 args.continue_as_new_after,
             )
         ]
-    compared = await ceiling_vs_taskpool(args.tasks, args.window, common, args.ceiling_server)
-    ceiling_rate = float(compared.data["ceiling"]["tasks_per_s"])
+    compared = await ceiling_vs_taskpool(
+        args.tasks, args.window, common, args.ceiling_server, args.pairs
+    )
+    ceiling_rate = statistics.median(
+        float(pair["ceiling"]["tasks_per_s"]) for pair in compared.data["pairs"]
+    )
     return [
         compared,
         await utilisation([10, 100], 1.0, 20, 500, ceiling_rate, common),
