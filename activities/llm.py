@@ -1,8 +1,8 @@
 """The LLM activity: one chat-completion turn against an OpenAI-compatible endpoint.
 
-A task's first turn names the task instead of carrying its messages: the activity reads the
-definition from the task store and builds the opening messages itself (returning them for the next
-turns), so a task needs no separate step, and no extra workflow round, to load its definition.
+A task's turn names the task instead of carrying its opening messages and tools: the activity reads
+the definition from the task store and builds them, so a task needs no separate step (and no extra
+workflow round) to load its definition, and its history does not repeat the input on every turn.
 
 The client is built once per worker with `max_retries=0`: Temporal owns retries, so every attempt
 is in the workflow's history. Provider errors become retryable or non-retryable ApplicationErrors,
@@ -95,10 +95,8 @@ class LlmActivities:
             task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
         )
         started = time.monotonic()
-        opening: list[ChatMessage] = []
         if request.definition is not None:
-            opening = await self._opening_messages(request.definition)
-            request = request.model_copy(update={"messages": [*opening, *request.messages]})
+            request = await self._task_turn(request, request.definition)
         try:
             # Waiting for the token budget happens in here too: it heartbeats all the while.
             async with self._heartbeating():
@@ -117,7 +115,6 @@ class LlmActivities:
         finally:
             structlog.contextvars.unbind_contextvars("task_key", "turn", "attempt", "model")
         result = self._to_result(completion, request, model)
-        result.opening = opening
         log.info(
             "llm turn done",
             task_key=request.task_key,
@@ -127,6 +124,16 @@ class LlmActivities:
             tokens=result.usage.total_tokens,
         )
         return result
+
+    async def _task_turn(self, request: ChatTurnRequest, where: DefinitionRef) -> ChatTurnRequest:
+        opening = await self._opening_messages(where)
+        return request.model_copy(
+            update={
+                "messages": [*opening, *request.messages],
+                "tools": list(agents.LIFECYCLE_TOOLS),
+                "emulation_example": agents.COMPLETE_TASK,
+            }
+        )
 
     async def _opening_messages(self, where: DefinitionRef) -> list[ChatMessage]:
         record = None

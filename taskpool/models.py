@@ -368,10 +368,12 @@ class ChatTurnRequest(_Model):
     task_key: str
     turn: int
     messages: list[ChatMessage]
-    # The first turn names the task instead of carrying its opening messages: the activity reads
-    # the definition from the store and builds them, so a task needs no separate step to load it.
+    # A task's turn names the task instead of carrying what every turn repeats: the activity reads
+    # the definition from the store, puts the opening messages built from it before `messages`
+    # and offers the lifecycle tools. So no turn's history holds the task's input or the tool
+    # schemas, and loading the definition needs no step of its own.
     definition: DefinitionRef | None = None
-    tools: list[ToolSpec]
+    tools: list[ToolSpec] = Field(default_factory=list)
     model: str | None = None
     timeout_seconds: float = 120.0
     # For models that emulate tools with JSON: the call a sample reply shows (small models copy
@@ -380,8 +382,6 @@ class ChatTurnRequest(_Model):
 
 
 class ChatTurnResult(_Model):
-    # The messages built from the definition (first turn only), for the next turns to continue.
-    opening: list[ChatMessage] = Field(default_factory=list)
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None

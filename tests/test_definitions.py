@@ -23,7 +23,7 @@ from taskpool.models import (
     TaskStatus,
     TaskView,
 )
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import running_worker, start_test_batch
@@ -128,6 +128,44 @@ async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_t
         assert len(child_input) < 2_000
     stored = await store.list_tasks(batch_id, status=TaskStatus.COMPLETED)
     assert len(stored) == len(specs)
+
+
+async def test_no_turn_of_a_task_carries_its_definition_in_history(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    spec = TaskSpec(id="long", input=long_input("QUOKKA-MEMO-3"))
+    scripted.script(
+        "long",
+        Reply(content="Let me think about it."),
+        Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "a memo about quokkas"})]),
+    )
+    handle = await start_test_batch(client, settings, batch_id, [spec])
+    result = await result_in_time(handle)
+
+    assert result.state is BatchState.COMPLETED
+    first, second = scripted.records_for(f"{batch_id}/long")
+    for request in (first, second):
+        assert request.body is not None
+        system, user = request.body["messages"][:2]
+        assert system["role"] == "system"
+        assert spec.input in user["content"]
+        assert [tool["function"]["name"] for tool in request.body["tools"]] == [
+            tool.name for tool in agents.LIFECYCLE_TOOLS
+        ]
+    assert second.body is not None
+    assert second.body["messages"][2]["content"] == "Let me think about it."
+    history = await client.get_workflow_handle(
+        names.task_workflow_id(batch_id, spec.id, 1)
+    ).fetch_history()
+    recorded = b"".join(event.SerializeToString() for event in history.events)
+    # Two turns, each read from the store: neither the input nor the tool schemas are in history.
+    assert b"QUOKKA-MEMO-3" not in recorded
+    assert b"report_progress" not in recorded
+    assert len(recorded) < INPUT_CHARS // 2
 
 
 async def test_a_task_whose_definition_is_missing_fails_and_the_batch_ends(

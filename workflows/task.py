@@ -120,6 +120,8 @@ class TaskWorkflow:
 
     async def _agent_loop(self) -> None:
         settings = self._request.agent
+        # The conversation after its opening messages, which the activity builds from the
+        # definition on every turn.
         messages: list[ChatMessage] = []
         nudged = False
         for turn in range(1, settings.max_turns + 1):
@@ -128,7 +130,6 @@ class TaskWorkflow:
             reply = await self._chat_turn(messages, turn)
             if reply is None:
                 return
-            messages.extend(reply.opening)
             messages.append(
                 ChatMessage(role="assistant", content=reply.content, tool_calls=reply.tool_calls)
             )
@@ -163,15 +164,9 @@ class TaskWorkflow:
             task_key=f"{self._request.batch_id}/{self._task_id}",
             turn=turn,
             messages=messages,
-            definition=(
-                DefinitionRef(batch_id=self._request.batch_id, task_id=self._task_id)
-                if turn == 1
-                else None
-            ),
-            tools=list(agents.LIFECYCLE_TOOLS),
+            definition=DefinitionRef(batch_id=self._request.batch_id, task_id=self._task_id),
             model=settings.model,
             timeout_seconds=settings.llm_timeout_seconds,
-            emulation_example=agents.COMPLETE_TASK,
         )
         try:
             reply: ChatTurnResult = await workflow.execute_activity(
