@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowHandle
@@ -30,7 +30,7 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.packing import pack
-from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry
+from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
 from taskpool.store import TaskStore, open_store
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
@@ -62,28 +62,54 @@ class BatchTooLargeError(ValueError):
         )
 
 
-def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> BatchRun:
-    """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits."""
+def batch_run(
+    tasks: Sequence[TaskSpec],
+    options: BatchOptions | None = None,
+    *,
+    settled_at: datetime | None = None,
+) -> BatchRun:
+    """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits.
+
+    Without `settled_at` every task starts `pending` and the batch's first run gives each its
+    first status. With it, each already has that status as of `settled_at` (what `start_batch`
+    registers in the store), and the first run starts tasks at once: for a large batch, writing
+    every first status from the workflow took tens of seconds before any task ran."""
+    return _packed_run(_first_entries(tasks, settled_at), options, settled=settled_at is not None)
+
+
+def _first_entries(tasks: Sequence[TaskSpec], settled_at: datetime | None) -> list[TaskEntry]:
     if len(tasks) > MAX_TASKS_PER_BATCH:
         raise BatchTooLargeError.by_count(len(tasks))
-    run = BatchRun(
-        tasks=pack([TaskEntry.from_spec(spec) for spec in tasks]),
-        options=options or BatchOptions(),
-    )
+    entries = [TaskEntry.from_spec(spec) for spec in tasks]
+    if settled_at is not None:
+        # The workflow's own rule for a task's first status (queued, blocked or scheduled).
+        TaskTable(entries).settle_pending(settled_at)
+    return entries
+
+
+def _packed_run(
+    entries: list[TaskEntry], options: BatchOptions | None, *, settled: bool
+) -> BatchRun:
+    run = BatchRun(tasks=pack(entries), options=options or BatchOptions(), registered=settled)
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
-        raise BatchTooLargeError.by_size(size, len(tasks))
+        raise BatchTooLargeError.by_size(size, len(entries))
     return run
 
 
-async def register_definitions(store: TaskStore, batch_id: str, tasks: Sequence[TaskSpec]) -> None:
-    """Write the batch's task definitions to the store, where its task workflows read them.
-    Idempotent: a task the store already has for this batch is left as it is."""
-    pending = dict.fromkeys((spec.id for spec in tasks), TaskStatus.PENDING)
-    groups = RegisterTasksRequest.in_groups(
-        batch_id, tasks, pending, datetime.now(UTC), REGISTER_CHUNK
-    )
-    for request in groups:
+async def register_definitions(
+    store: TaskStore,
+    batch_id: str,
+    tasks: Sequence[TaskSpec],
+    first_status: Mapping[str, TaskStatus],
+    at: datetime,
+) -> None:
+    """Write the batch's task definitions to the store, where its task workflows read them, each
+    with its first status. Idempotent: a task the store already has for this batch is left as it
+    is."""
+    for request in RegisterTasksRequest.in_groups(
+        batch_id, tasks, first_status, at, REGISTER_CHUNK
+    ):
         await store.register_tasks(request)
 
 
@@ -100,15 +126,18 @@ async def start_batch(
     """Register the definitions in `store` (the workers' task store, or its URL), then start the
     batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished batch already
     used (its children's ids and store records would be shared)."""
-    run = batch_run(tasks, options)
+    at = datetime.now(UTC)
+    entries = _first_entries(tasks, at)
+    run = _packed_run(entries, options, settled=True)
+    first_status = {entry.id: entry.status for entry in entries}
     if isinstance(store, str):
         opened = open_store(store)
         try:
-            await register_definitions(opened, batch_id, tasks)
+            await register_definitions(opened, batch_id, tasks, first_status, at)
         finally:
             await opened.close()
     else:
-        await register_definitions(store, batch_id, tasks)
+        await register_definitions(store, batch_id, tasks, first_status, at)
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         run,

@@ -190,6 +190,8 @@ class BatchRun(_Model):
     cancel_reason: str | None = None
     started_at: datetime | None = None
     run_number: int = 1
+    # Every task has its first status (not pending) in the state and in the store: the starter
+    # registers them so, otherwise the first run settles and writes them.
     registered: bool = False
     # Totals over every task, which the packed per-task state does not repeat.
     usage: TokenUsage = Field(default_factory=TokenUsage)

@@ -181,7 +181,8 @@ async def test_continue_as_new_mid_batch_loses_and_repeats_nothing(
     result = await handle.result()
     assert result.counts["completed"] == 25
     status = await batch_status(client, batch_id)
-    assert status.run_number >= 4
+    # A run continues after 5 reports plus whatever its hand-over brings in (up to 4 more).
+    assert status.run_number >= 3
     assert Counter(r.task_key for r in scripted.requests) == {
         f"{batch_id}/{spec.id}": 1 for spec in specs
     }

@@ -4,6 +4,7 @@ batch starts, each task workflow reads its own, and a missing one fails its task
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from taskpool.models import (
     TaskStatus,
     TaskView,
 )
+from taskpool.models import EventType as StoreEventType
 from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
@@ -97,8 +99,8 @@ async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_t
         assert record.kind == spec.kind
         assert record.priority is spec.priority
         assert record.metadata == spec.metadata
-        # Not yet settled by the batch: the workflow has not run.
-        assert record.status is TaskStatus.PENDING
+        # Registered with its first status: the batch's first run has nothing to write.
+        assert record.status is TaskStatus.QUEUED
 
     started = await history_start_input(client, batch_id)
     assert len(started) < 2_000, f"the batch's start input is {len(started)} bytes"
@@ -128,6 +130,52 @@ async def test_definitions_are_stored_before_the_batch_starts_and_read_by_each_t
         assert len(child_input) < 2_000
     stored = await store.list_tasks(batch_id, status=TaskStatus.COMPLETED)
     assert len(stored) == len(specs)
+
+
+async def test_the_starter_registers_first_statuses_so_the_batch_starts_tasks_at_once(
+    client: Client,
+    settings: Settings,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    later = datetime.now(UTC) + timedelta(seconds=3)
+    specs = [
+        TaskSpec(id="first", input="one"),
+        TaskSpec(id="second", input="two", depends_on=["first"]),
+        TaskSpec(id="later", input="three", scheduled_for=later),
+    ]
+    handle = await start_test_batch(client, settings, batch_id, specs)
+    records = {r.task_id: r for r in await store.list_tasks(batch_id, with_events=True)}
+    assert {task_id: r.status for task_id, r in records.items()} == {
+        "first": TaskStatus.QUEUED,
+        "second": TaskStatus.BLOCKED,
+        "later": TaskStatus.SCHEDULED,
+    }
+    assert [e.type for e in records["second"].events] == [
+        StoreEventType.CREATED,
+        StoreEventType.BLOCKED,
+    ]
+
+    async with running_worker(client, settings):
+        result = await result_in_time(handle)
+
+    assert result.state is BatchState.COMPLETED
+    history = await handle.fetch_history()
+    kinds = [event.event_type for event in history.events]
+    # The first run wrote no first statuses before starting a task: its first command is a start.
+    first_start = kinds.index(EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
+    assert EventType.EVENT_TYPE_MARKER_RECORDED not in kinds[:first_start]
+    records = {r.task_id: r for r in await store.list_tasks(batch_id, with_events=True)}
+    assert all(r.status is TaskStatus.COMPLETED for r in records.values())
+    # The due task was queued by the batch when its time came, and the store says so.
+    later_events = [e.type for e in records["later"].events]
+    assert later_events[:3] == [
+        StoreEventType.CREATED,
+        StoreEventType.SCHEDULED,
+        StoreEventType.QUEUED,
+    ]
+    assert records["later"].started_at is not None
+    assert records["later"].started_at >= later
 
 
 async def test_no_turn_of_a_task_carries_its_definition_in_history(
