@@ -34,8 +34,8 @@ from _common import ROOT, append_result, bench_server, command_line, parse_pairs
 from taskpool import agents
 from taskpool.batches import start_batch
 from taskpool.models import AgentSettings, BatchOptions, TaskSpec
+from taskpool.scripted import RequestRecord, ScriptedModelServer, default_responder
 from taskpool.scripted.wire import estimate_usage
-from taskpool.scripted_server import RequestRecord, ScriptedModelServer, default_responder
 from taskpool.temporal import connect
 
 WINDOW_SECONDS = 60.0

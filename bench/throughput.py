@@ -94,7 +94,7 @@ from taskpool.models import (
 )
 from taskpool.packing import pack
 from taskpool.scheduling import TaskEntry
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.temporal import connect
 
 MODEL = "scripted-model"

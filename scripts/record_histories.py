@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from taskpool.batches import pause_batch, resume_batch, start_batch  # noqa: E402
 from taskpool.devserver import find_temporal_cli  # noqa: E402
 from taskpool.models import BatchOptions, TaskSpec  # noqa: E402
-from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
+from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
 from taskpool.settings import Settings  # noqa: E402
 from taskpool.store import open_store  # noqa: E402
 from taskpool.temporal import ensure_search_attributes  # noqa: E402

@@ -31,7 +31,7 @@ from taskpool.models import (
 )
 from taskpool.packing import pack
 from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
-from taskpool.store import TaskStore, open_store
+from taskpool.store import TaskStore, opened_store
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
 
@@ -131,11 +131,8 @@ async def start_batch(
     run = _packed_run(entries, options, settled=True)
     first_status = {entry.id: entry.status for entry in entries}
     if isinstance(store, str):
-        opened = open_store(store)
-        try:
+        async with opened_store(store) as opened:
             await register_definitions(opened, batch_id, tasks, first_status, at)
-        finally:
-            await opened.close()
     else:
         await register_definitions(store, batch_id, tasks, first_status, at)
     return await client.start_workflow(

@@ -139,7 +139,7 @@ async def _start_model(
         say(f"Model: {base.model} at {where}")
         return base, f"Results from {base.model} at {where}."
     if choice == "scripted":
-        from taskpool.scripted_server import ScriptedModelServer
+        from taskpool.scripted import ScriptedModelServer
 
         scripted = await stack.enter_async_context(ScriptedModelServer(latency=0.2))
         say(f"Model: the scripted test model at {scripted.base_url}")

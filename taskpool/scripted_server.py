@@ -1,7 +1,7 @@
 """Run the scripted model server as a process: `python -m taskpool.scripted_server --port 0`.
 
-Prints the base URL on one line, serves until SIGTERM or SIGINT, then exits 0. The library lives
-in `taskpool.scripted`; its names are re-exported here.
+Prints the base URL on one line, serves until SIGTERM or SIGINT, then exits 0. The library is
+`taskpool.scripted`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from taskpool import scripted
-from taskpool.scripted import *  # noqa: F403 -- the older import path keeps the package's names
 from taskpool.scripted.server import DEFAULT_MODEL, ScriptedModelServer
 
 __all__ = ["main"]
-__all__ += scripted.__all__
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status, start_batch
 from taskpool.models import BatchOptions, BatchResult, TaskSpec
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, open_store
 from taskpool.temporal import ensure_search_attributes

@@ -10,7 +10,7 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status
 from taskpool.models import BatchState, EventType, TaskSpec, TaskStatus
-from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import start_test_batch

@@ -29,7 +29,7 @@ from taskpool.models import (
     TasksQuery,
     TaskStatus,
 )
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import eventually, start_test_batch, wait_until_completed
@@ -83,7 +83,7 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
     scripted: ScriptedModelServer,
     batch_id: str,
 ) -> None:
-    from taskpool.scripted_server import Reply, ToolCallSpec
+    from taskpool.scripted import Reply, ToolCallSpec
 
     scripted.latency = 0.5
     # The first turn only starts the task; the second would complete it.

@@ -7,7 +7,7 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.models import BatchOptions, BatchState, TaskSpec, TaskStatus
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import running_worker, start_test_batch

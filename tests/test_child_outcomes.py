@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 from taskpool import names
 from taskpool.batches import batch_status
 from taskpool.models import BatchOptions, BatchState, TaskQuery, TaskStatus, TaskView
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from tests.conftest import eventually, start_test_batch
 from tests.test_batch_e2e import documents

@@ -20,7 +20,7 @@ from taskpool.models import (
     TasksQuery,
     TaskStatus,
 )
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import SpawnWorker, eventually, start_test_batch, wait_until_completed

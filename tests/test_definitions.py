@@ -25,7 +25,7 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.models import EventType as StoreEventType
-from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import running_worker, start_test_batch

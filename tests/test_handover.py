@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 from taskpool import names
 from taskpool.batches import batch_status
 from taskpool.models import BatchOptions, TaskSpec, TaskStatus, TokenUsage
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import start_test_batch

@@ -14,7 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.llm import LlmActivities, retry_after
 from taskpool import agents
 from taskpool.models import ChatTurnRequest, TaskSpec
-from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 
 
 @pytest.fixture

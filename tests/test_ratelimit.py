@@ -34,7 +34,7 @@ from taskpool.ratelimit import (
     open_token_budget,
     task_queue_rate,
 )
-from taskpool.scripted_server import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import ROOT, eventually

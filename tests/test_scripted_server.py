@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from taskpool.scripted_server import (
+from taskpool.scripted import (
     Fault,
     Reply,
     ScriptedModelServer,

@@ -38,7 +38,7 @@ from taskpool.models import (
     TaskView,
     TokenUsage,
 )
-from taskpool.scripted_server import Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, open_store
 from tests.conftest import ROOT, eventually, worker_environment

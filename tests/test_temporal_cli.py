@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status
 from taskpool.models import BatchOptions, BatchState
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from tests.conftest import eventually, start_test_batch, temporal_cli
 from tests.test_batch_e2e import documents

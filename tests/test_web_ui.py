@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.devserver import DevServer, DevServerOptions
 from taskpool.models import BatchOptions, BatchState, BatchStatus, TaskStatus
-from taskpool.scripted_server import ScriptedModelServer
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.temporal import ensure_search_attributes
 from tests.browser import Browser, find_chromium

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import secrets
@@ -62,7 +61,7 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.settings import Settings, SettingsError
-from taskpool.store import TaskStore, display_url, is_postgres, open_store, store_errors
+from taskpool.store import TaskStore, display_url, is_postgres, opened_store, store_errors
 
 FAILURES_SHOWN = 10
 # Wide enough for a results table when the output is a file or a pipe, not a terminal.
@@ -396,14 +395,11 @@ def _batch_exists(batch_id: str) -> CliError:
 async def _task_store(url: str, doing: str) -> AsyncIterator[TaskStore]:
     """The store at `url`, closed afterwards; a database that cannot be reached or written is
     a one-line error naming it (without its password)."""
-    store = open_store(url)
     try:
-        yield store
+        async with opened_store(url) as store:
+            yield store
     except store_errors() as err:
         raise CliError(f"cannot {doing} the task store at {display_url(url)}: {err}") from None
-    finally:
-        with contextlib.suppress(*store_errors()):
-            await store.close()
 
 
 def _existing_store(url: str) -> str:

@@ -6,8 +6,9 @@ The batch workflow decides what runs; the store remembers what happened. Every w
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from taskpool.models import RegisterTasksRequest, TaskRecord, TaskRecordUpdate, TaskStatus
@@ -75,3 +76,13 @@ def open_store(url: str) -> TaskStore:
         return PostgresTaskStore(url)
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SqliteTaskStore(path)
+
+
+@contextlib.asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[TaskStore]:
+    """The store at `url` (see open_store), closed on the way out."""
+    store = open_store(url)
+    try:
+        yield store
+    finally:
+        await store.close()
