@@ -28,7 +28,7 @@ from taskpool.ratelimit import (
     task_queue_rate,
 )
 from taskpool.settings import Settings, SettingsError
-from taskpool.store import TaskStore, open_store
+from taskpool.store import TaskStore, opened_store
 from taskpool.temporal import connect, ensure_search_attributes
 from workflows.batch import BatchWorkflow
 from workflows.task import TaskWorkflow
@@ -98,16 +98,17 @@ def build_worker(
 async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
     """A started worker with its clients; everything is closed on exit."""
     await ensure_search_attributes(client)
-    store = open_store(settings.store_url)
-    llm_client = build_openai_client(settings)
-    budget = open_token_budget(settings)
-    try:
-        worker = build_worker(client, settings, llm_client=llm_client, store=store, budget=budget)
-        async with worker:
-            yield worker
-    finally:
-        await llm_client.close()
-        await store.close()
+    async with opened_store(settings.store_url) as store:
+        llm_client = build_openai_client(settings)
+        budget = open_token_budget(settings)
+        try:
+            worker = build_worker(
+                client, settings, llm_client=llm_client, store=store, budget=budget
+            )
+            async with worker:
+                yield worker
+        finally:
+            await llm_client.close()
         if budget is not None:
             await budget.close()
 

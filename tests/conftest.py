@@ -27,7 +27,7 @@ from taskpool.batches import batch_status, start_batch
 from taskpool.models import BatchOptions, BatchResult, TaskSpec
 from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
-from taskpool.store import TaskStore, open_store
+from taskpool.store import TaskStore, opened_store
 from taskpool.temporal import ensure_search_attributes
 from worker import build_openai_client, build_worker
 
@@ -81,11 +81,8 @@ def store_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[TaskStore]:
-    opened = open_store(store_url)
-    try:
+    async with opened_store(store_url) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
@@ -108,17 +105,16 @@ async def running_worker(
     client: Client, settings: Settings, **overrides: Any
 ) -> AsyncIterator[Worker]:
     """A worker like worker.py builds, serving this test's queue until the block ends."""
-    store = open_store(settings.store_url)
-    llm = build_openai_client(settings)
-    running = build_worker(
-        client, settings.model_copy(update=overrides), llm_client=llm, store=store
-    )
-    try:
-        async with running:
-            yield running
-    finally:
-        await llm.close()
-        await store.close()
+    async with opened_store(settings.store_url) as store:
+        llm = build_openai_client(settings)
+        running = build_worker(
+            client, settings.model_copy(update=overrides), llm_client=llm, store=store
+        )
+        try:
+            async with running:
+                yield running
+        finally:
+            await llm.close()
 
 
 @pytest.fixture
