@@ -109,8 +109,8 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
                 yield worker
         finally:
             await llm_client.close()
-        if budget is not None:
-            await budget.close()
+            if budget is not None:
+                await budget.close()
 
 
 async def serve(settings: Settings) -> None:

@@ -62,29 +62,17 @@ class BatchTooLargeError(ValueError):
         )
 
 
-def batch_run(
-    tasks: Sequence[TaskSpec],
-    options: BatchOptions | None = None,
-    *,
-    settled_at: datetime | None = None,
-) -> BatchRun:
-    """The batch's start input; BatchTooLargeError when it would not fit Temporal's limits.
-
-    Without `settled_at` every task starts `pending` and the batch's first run gives each its
-    first status. With it, each already has that status as of `settled_at` (what `start_batch`
-    registers in the store), and the first run starts tasks at once: for a large batch, writing
-    every first status from the workflow took tens of seconds before any task ran."""
-    return _packed_run(_first_entries(tasks, settled_at), options, settled=settled_at is not None)
+def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> BatchRun:
+    """The batch's start input with every task `pending`, for the batch's first run to settle
+    (start_batch settles them itself); BatchTooLargeError when it would not fit Temporal's
+    limits."""
+    return _packed_run(_entries(tasks), options, settled=False)
 
 
-def _first_entries(tasks: Sequence[TaskSpec], settled_at: datetime | None) -> list[TaskEntry]:
+def _entries(tasks: Sequence[TaskSpec]) -> list[TaskEntry]:
     if len(tasks) > MAX_TASKS_PER_BATCH:
         raise BatchTooLargeError.by_count(len(tasks))
-    entries = [TaskEntry.from_spec(spec) for spec in tasks]
-    if settled_at is not None:
-        # The workflow's own rule for a task's first status (queued, blocked or scheduled).
-        TaskTable(entries).settle_pending(settled_at)
-    return entries
+    return [TaskEntry.from_spec(spec) for spec in tasks]
 
 
 def _packed_run(
@@ -126,8 +114,12 @@ async def start_batch(
     """Register the definitions in `store` (the workers' task store, or its URL), then start the
     batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished batch already
     used (its children's ids and store records would be shared)."""
+    entries = _entries(tasks)
     at = datetime.now(UTC)
-    entries = _first_entries(tasks, at)
+    # Each task gets its first status (queued, blocked or scheduled) by the workflow's own rule and
+    # is registered with it, so the first run starts tasks at once: for a large batch, writing
+    # every first status from the workflow took tens of seconds before any task ran.
+    TaskTable(entries).settle_pending(at)
     run = _packed_run(entries, options, settled=True)
     first_status = {entry.id: entry.status for entry in entries}
     if isinstance(store, str):
