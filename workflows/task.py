@@ -2,11 +2,11 @@
 
 Each LLM turn is one activity. The model drives the task through lifecycle tools bound to this one
 task; every tool call in a reply is applied in order, so a simple task costs a single LLM call. The
-first turn's activity reads the task's definition from the task store (a definition can be large, so
-it stays out of the batch's history and this workflow's input). The workflow records transitions
-in the store (a local activity per turn) and returns its outcome, which the batch run that started
-it awaits. A child handed over to a later run of the batch (see workflows/batch.py) reports by
-signal instead, as does a cancelled one.
+LLM activity reads the task's definition from the task store on every turn (a definition can be
+large, so it stays out of every history and of this workflow's input). The workflow records
+transitions in the store (a local activity per turn) and returns its outcome, which the batch run
+that started it awaits. A child handed over to a later run of the batch (see workflows/batch.py)
+reports by signal instead, as does a cancelled one.
 """
 
 from __future__ import annotations
