@@ -31,6 +31,7 @@ import structlog
 
 from taskpool.settings import Settings
 from taskpool.sqlite_files import open_shared, transaction
+from taskpool.store import is_postgres, sqlite_path
 
 T = TypeVar("T")
 
@@ -406,10 +407,9 @@ def budget_path(settings: Settings) -> str:
     if settings.token_budget_db:
         return settings.token_budget_db
     store = settings.store_url
-    if store.startswith(("postgres://", "postgresql://")):
+    if is_postgres(store):
         return str(Path("data") / BUDGET_FILE_NAME)
-    path = Path(store.removeprefix("sqlite:///").removeprefix("sqlite://"))
-    return str(path.with_name(BUDGET_FILE_NAME))
+    return str(sqlite_path(store).with_name(BUDGET_FILE_NAME))
 
 
 def open_token_budget(settings: Settings) -> TokenBudget | None:

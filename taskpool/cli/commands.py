@@ -61,7 +61,14 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.settings import Settings, SettingsError
-from taskpool.store import TaskStore, display_url, is_postgres, opened_store, store_errors
+from taskpool.store import (
+    TaskStore,
+    display_url,
+    is_postgres,
+    opened_store,
+    sqlite_path,
+    store_errors,
+)
 
 FAILURES_SHOWN = 10
 # Wide enough for a results table when the output is a file or a pipe, not a terminal.
@@ -405,17 +412,13 @@ async def _task_store(url: str, doing: str) -> AsyncIterator[TaskStore]:
 def _existing_store(url: str) -> str:
     if not _store_exists(url):
         # Opening a missing SQLite file would create an empty store and report no tasks.
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         raise CliError(f"no task store at {path}: set TASKPOOL_STORE or --store", USAGE)
     return url
 
 
 def _store_exists(url: str) -> bool:
-    return is_postgres(url) or _sqlite_path(url).is_file()
-
-
-def _sqlite_path(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    return is_postgres(url) or sqlite_path(url).is_file()
 
 
 def _write_results(records: Sequence[TaskRecord], path: Path) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from taskpool.models import RegisterTasksRequest, TaskRecord, TaskRecordUpdate, TaskStatus
@@ -43,6 +44,11 @@ def is_postgres(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
 
+def sqlite_path(url: str) -> Path:
+    """The file of a SQLite store: a `sqlite:///path` URL or a plain path."""
+    return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+
+
 def display_url(url: str) -> str:
     """`url` as messages may show it: no password."""
     if is_postgres(url):
@@ -74,8 +80,7 @@ def open_store(url: str) -> TaskStore:
         from taskpool.store.postgres import PostgresTaskStore
 
         return PostgresTaskStore(url)
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteTaskStore(path)
+    return SqliteTaskStore(sqlite_path(url))
 
 
 @contextlib.asynccontextmanager
