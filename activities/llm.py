@@ -273,9 +273,11 @@ class LlmActivities:
             every = min(every, timeout.total_seconds() / 4)
 
         async def beat() -> None:
+            # The activity's start counts as its first sign of life, and a heartbeat is a write on
+            # the server: a call that returns within `every` sends none.
             while True:
-                activity.heartbeat()
                 await asyncio.sleep(every)
+                activity.heartbeat()
 
         beating = asyncio.create_task(beat())
         try:

@@ -133,3 +133,23 @@ def test_retry_after_forms() -> None:
     assert retry_after({"retry-after": "soon"}) is None
     date = retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
     assert date == timedelta(0)
+
+
+async def test_heartbeats_only_while_the_model_takes_longer_than_the_interval(
+    scripted: ScriptedModelServer,
+) -> None:
+    # Each heartbeat is a write on the server, and the start already counts as one: a quick
+    # reply sends none, a slow one beats while it waits.
+    client = openai.AsyncOpenAI(base_url=scripted.base_url, api_key="test", max_retries=0)
+    llm = LlmActivities(client, default_model="scripted-model", heartbeat_every=0.1)
+    beats: list[float] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(1.0)
+    try:
+        await env.run(llm.chat_turn, turn())
+        assert beats == []
+        scripted.latency = 0.45
+        await env.run(llm.chat_turn, turn())
+        assert 2 <= len(beats) <= 5
+    finally:
+        await client.close()
