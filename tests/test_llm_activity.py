@@ -15,11 +15,21 @@ from activities.llm import LlmActivities, retry_after
 from taskpool import agents
 from taskpool.models import ChatTurnRequest, TaskSpec
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.settings import Settings
+from worker import build_openai_client
+
+
+def worker_client(scripted: ScriptedModelServer) -> openai.AsyncOpenAI:
+    # The client exactly as worker.py builds it (its transport included), so what these tests
+    # see of each provider error is what a worker sees.
+    return build_openai_client(
+        Settings.from_env({"OPENAI_BASE_URL": scripted.base_url, "OPENAI_API_KEY": "test"})
+    )
 
 
 @pytest.fixture
 async def llm(scripted: ScriptedModelServer) -> AsyncIterator[LlmActivities]:
-    client = openai.AsyncOpenAI(base_url=scripted.base_url, api_key="test", max_retries=0)
+    client = worker_client(scripted)
     try:
         yield LlmActivities(client, default_model="scripted-model")
     finally:
@@ -140,7 +150,7 @@ async def test_heartbeats_only_while_the_model_takes_longer_than_the_interval(
 ) -> None:
     # Each heartbeat is a write on the server, and the start already counts as one: a quick
     # reply sends none, a slow one beats while it waits.
-    client = openai.AsyncOpenAI(base_url=scripted.base_url, api_key="test", max_retries=0)
+    client = worker_client(scripted)
     llm = LlmActivities(client, default_model="scripted-model", heartbeat_every=0.1)
     beats: list[float] = []
     env = ActivityEnvironment()
