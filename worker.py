@@ -43,9 +43,6 @@ def build_openai_client(settings: Settings) -> openai.AsyncOpenAI:
         api_key=api_key or "not-needed",
         base_url=settings.openai_base_url,
         max_retries=0,
-        # The SDK's aiohttp transport costs about a third less CPU per call than its default
-        # (bench/NOTES-throughput.md), and the worker shares its cores with the model calls.
-        http_client=openai.DefaultAioHttpClient(),
     )
 
 
