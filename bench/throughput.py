@@ -105,6 +105,8 @@ TARGET_RATIO = 1.0
 TARGET_TUNED_RATIO = 1.5
 """taskpool on the durable (tuned) server against the ceiling on the untuned one."""
 TARGET_UTILISATION = 0.95
+LONE_TASKS = 30
+"""Tasks of the one-at-a-time reference run in the utilisation part."""
 TARGET_RSS_MB = 150.0
 TARGET_EVENTS = 10_240
 TARGET_PAYLOAD = 1 * MB
@@ -1254,6 +1256,11 @@ async def utilisation(
         )
         reference = await run_ceiling(tasks, window, common, activity_seconds=latency)
         references.append(float(reference["tasks_per_s"]))
+    # One child at a time meets no contention at all: its rate is the most that any number of
+    # children in flight can get out of each slot, so it bounds utilisation for every W.
+    lone = await run_ceiling(LONE_TASKS, 1, common, activity_seconds=latency)
+    lone_rate = float(lone["tasks_per_s"])
+    lone_overhead_ms = 1000 * (1 / lone_rate - latency)
     lines = [
         f"Model latency L = {latency:g} s; ideal rate W / L. Ceiling {ceiling_rate:.1f} tasks/s "
         f"({ceiling_note}). End to end: all tasks over the batch's wall time; steady: requests "
@@ -1297,6 +1304,13 @@ async def utilisation(
                 "reference_tasks_per_s": reference_rate,
             }
         )
+    lines += [
+        "",
+        f"One task at a time (the reference pattern, W = 1, {LONE_TASKS} tasks): "
+        f"{lone_rate:.2f} tasks/s, {lone_rate * latency:.1%} of 1 / L. Each task pays "
+        f"{lone_overhead_ms:.0f} ms of round trips on top of L even with nothing else running, "
+        "so no window and no child-per-task design gets a slot busier than that here.",
+    ]
     lines += ["", CPU_HEADER, *(cpu_row(f"W={r.plan.window}", r) for r in runs)]
     for run in runs:
         if run.history is not None:
@@ -1304,7 +1318,11 @@ async def utilisation(
     return Section(
         title=f"taskpool utilisation at L = {latency:g} s",
         body="\n".join(lines),
-        data={"ceiling_tasks_per_s": ceiling_rate, "runs": data},
+        data={
+            "ceiling_tasks_per_s": ceiling_rate,
+            "runs": data,
+            "lone_reference_tasks_per_s": lone_rate,
+        },
     )
 
 
