@@ -28,7 +28,7 @@ from taskpool.devserver import find_temporal_cli  # noqa: E402
 from taskpool.models import BatchOptions, TaskSpec  # noqa: E402
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
 from taskpool.settings import Settings  # noqa: E402
-from taskpool.store import open_store  # noqa: E402
+from taskpool.store import opened_store  # noqa: E402
 from taskpool.temporal import ensure_search_attributes  # noqa: E402
 from worker import build_openai_client, build_worker  # noqa: E402
 
@@ -50,9 +50,11 @@ async def main() -> None:
                 task_queue=f"record-{uuid.uuid4().hex[:8]}",
                 store_url=str(Path(tmp) / "tasks.db"),
             )
-            store = open_store(settings.store_url)
             llm = build_openai_client(settings)
-            async with build_worker(client, settings, llm_client=llm, store=store):
+            async with (
+                opened_store(settings.store_url) as store,
+                build_worker(client, settings, llm_client=llm, store=store),
+            ):
                 model.script("flaky", Fault.rate_limit(retry_after=0.5))
                 model.script("quiet", Reply(content="no tools"), Reply(content="still none"))
                 model.script(
@@ -95,7 +97,6 @@ async def main() -> None:
                     (OUT / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
                     count += 1
             await llm.close()
-            await store.close()
     print(f"recorded {count} histories in {OUT.relative_to(ROOT)}")
 
 

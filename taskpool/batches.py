@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -122,11 +123,9 @@ async def start_batch(
     TaskTable(entries).settle_pending(at)
     run = _packed_run(entries, options, settled=True)
     first_status = {entry.id: entry.status for entry in entries}
-    if isinstance(store, str):
-        async with opened_store(store) as opened:
-            await register_definitions(opened, batch_id, tasks, first_status, at)
-    else:
-        await register_definitions(store, batch_id, tasks, first_status, at)
+    opening = opened_store(store) if isinstance(store, str) else contextlib.nullcontext(store)
+    async with opening as opened:
+        await register_definitions(opened, batch_id, tasks, first_status, at)
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         run,

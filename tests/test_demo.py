@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from taskpool.devserver import DevServer, DevServerOptions, free_port
 from taskpool.models import TaskRecord
-from taskpool.store import open_store
+from taskpool.store import opened_store
 from taskpool.temporal import connect
 from tests.conftest import ROOT, eventually
 
@@ -63,11 +63,8 @@ def demo_batch_id(out: str) -> str:
 
 async def stored_records(directory: Path, batch_id: str) -> list[TaskRecord]:
     """The batch's tasks in the store the demo keeps under ./data/."""
-    store = open_store(str(directory / "data" / "taskpool.db"))
-    try:
+    async with opened_store(str(directory / "data" / "taskpool.db")) as store:
         return await store.list_tasks(batch_id)
-    finally:
-        await store.close()
 
 
 async def test_demo_runs_the_sample_batch_and_cleans_up(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from taskpool.models import (
 )
 from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
-from taskpool.store import TaskStore, open_store
+from taskpool.store import TaskStore, opened_store
 from tests.conftest import ROOT, eventually, worker_environment
 
 RUN_LIMIT_SECONDS = 60
@@ -364,11 +364,8 @@ async def test_large_inputs_go_to_the_store_not_into_the_batch(
     (start_input,) = first.workflow_execution_started_event_attributes.input.payloads
     # 600 inputs of 2 kB would be 1.2 MB; the batch carries only the packed per-task state.
     assert start_input.ByteSize() < 20_000
-    store = open_store(env["TASKPOOL_STORE"])
-    try:
+    async with opened_store(env["TASKPOOL_STORE"]) as store:
         records = await store.list_tasks(batch_id)
-    finally:
-        await store.close()
     assert [r.task_id for r in records] == [f"doc-{i}" for i in range(600)]
     assert all(r.input == text for r in records)
     await handle.terminate(reason="test done")
@@ -391,11 +388,8 @@ async def test_a_batch_too_large_to_carry_is_refused_before_it_starts(
     assert "split the file into batches of at most about" in run.err
     assert "Traceback" not in run.err
     await assert_never_started(client, batch_id)
-    store = open_store(env["TASKPOOL_STORE"])
-    try:
+    async with opened_store(env["TASKPOOL_STORE"]) as store:
         assert await store.list_tasks(batch_id) == []
-    finally:
-        await store.close()
 
 
 async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, str]) -> None:

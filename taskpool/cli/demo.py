@@ -12,7 +12,7 @@ from taskpool.cli.commands import Context, _follow_and_report, _load, _progress_
 from taskpool.cli.errors import OK, find_batch
 from taskpool.demo import SAMPLE_BATCH, embedded_environment
 from taskpool.models import BatchOptions
-from taskpool.store import open_store
+from taskpool.store import opened_store
 
 
 async def demo(ctx: Context, args: argparse.Namespace) -> int:
@@ -20,18 +20,14 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
     specs = _load(source, default_kind=None)
     async with embedded_environment(model=args.model, say=ctx.say) as env:
         batch_id = args.batch_id or render_batch_id()
-        store = open_store(env.settings.store_url)
-        try:
-            await start_batch(
-                env.client,
-                batch_id,
-                specs,
-                task_queue=env.settings.task_queue,
-                store=store,
-                options=BatchOptions(concurrency=args.concurrency),
-            )
-        finally:
-            await store.close()
+        await start_batch(
+            env.client,
+            batch_id,
+            specs,
+            task_queue=env.settings.task_queue,
+            store=env.settings.store_url,
+            options=BatchOptions(concurrency=args.concurrency),
+        )
         page = _batch_page(env.ui_url, batch_id)
         ctx.say(f"Batch {batch_id}: {len(specs)} tasks from {source}, {args.concurrency} at once")
         if page:
@@ -42,11 +38,8 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
         await _follow_and_report(
             ctx, env.client, info, _progress_view(ctx, json_lines=False), args, result_json=False
         )
-        store = open_store(env.settings.store_url)
-        try:
+        async with opened_store(env.settings.store_url) as store:
             records = await store.list_tasks(batch_id)
-        finally:
-            await store.close()
         ctx.show(render.results_table(records))
         ctx.say(env.model_note)
         ctx.say(f"Results are in {env.settings.store_url}; export them with:")
