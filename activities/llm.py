@@ -17,7 +17,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import openai
@@ -31,8 +31,10 @@ from taskpool.models import (
     ChatTurnRequest,
     ChatTurnResult,
     DefinitionRef,
+    RecordedTurn,
     TokenUsage,
     ToolCall,
+    TurnLifecycle,
 )
 from taskpool.ratelimit import (
     DEFAULT_COMPLETION_ALLOWANCE,
@@ -42,6 +44,8 @@ from taskpool.ratelimit import (
     spending,
 )
 from taskpool.store import TaskStore
+from taskpool.store.common import UnknownTaskError
+from taskpool.task_ledger import TaskLedger, turn_event_prefix
 from taskpool.tool_emulation import (
     emulated_messages,
     emulation_instructions,
@@ -115,6 +119,10 @@ class LlmActivities:
         finally:
             structlog.contextvars.unbind_contextvars("task_key", "turn", "attempt", "model")
         result = self._to_result(completion, request, model)
+        if request.definition is not None and request.lifecycle is not None:
+            result = await self._record_turn(
+                request.definition, request.lifecycle, request.turn, result
+            )
         log.info(
             "llm turn done",
             task_key=request.task_key,
@@ -124,6 +132,41 @@ class LlmActivities:
             tokens=result.usage.total_tokens,
         )
         return result
+
+    async def _record_turn(
+        self, where: DefinitionRef, lifecycle: TurnLifecycle, turn: int, result: ChatTurnResult
+    ) -> ChatTurnResult:
+        """Apply the reply's lifecycle tool calls to the attempt and record them in the store.
+
+        Doing it here, not in a store write of the workflow's own after the turn, saves every task
+        a local activity and a round of its workflow task. The code is the workflow's
+        (TaskLedger), so the outcome is the same; only event times come from this clock.
+        """
+        prefix = turn_event_prefix(lifecycle.attempt, turn)
+        ledger = TaskLedger(
+            where.batch_id,
+            where.task_id,
+            lifecycle.attempt,
+            lifecycle.state.model_copy(deep=True),
+            clock=lambda: datetime.now(UTC),
+            event_prefix=prefix,
+            unrecorded=lifecycle.unrecorded.model_copy(deep=True),
+        )
+        ledger.count_call(result.usage)
+        replies = ledger.apply_calls(result.tool_calls)
+        update = ledger.take_update()
+        update.replaces_events = prefix
+        update.only_if_current = True
+        try:
+            # A turn with a definition has a store: the definition was read from it.
+            await self._require_store().apply([update])
+        except UnknownTaskError as err:
+            # The definition was read from this store moments ago; a task gone since then has
+            # nobody left to record it for.
+            activity.logger.warning("Store write skipped: %s", err)
+        return result.model_copy(
+            update={"recorded": RecordedTurn(state=ledger.state, tool_replies=replies)}
+        )
 
     async def _task_turn(self, request: ChatTurnRequest, where: DefinitionRef) -> ChatTurnRequest:
         opening = await self._opening_messages(where)
@@ -135,10 +178,17 @@ class LlmActivities:
             }
         )
 
+    def _require_store(self) -> TaskStore:
+        if self._store is None:
+            raise ApplicationError(
+                "this worker has no task store, and a task's turn needs one",
+                type=names.DEFINITION_MISSING,
+                non_retryable=True,
+            )
+        return self._store
+
     async def _opening_messages(self, where: DefinitionRef) -> list[ChatMessage]:
-        record = None
-        if self._store is not None:
-            record = await self._store.get_task(where.batch_id, where.task_id)
+        record = await self._require_store().get_task(where.batch_id, where.task_id)
         if record is None:
             raise ApplicationError(
                 f"task {where.task_id!r} of batch {where.batch_id} is not in the task store "

@@ -1,9 +1,11 @@
 """Record real workflow histories for the replay test (tests/test_replay.py).
 
 Run it after a deliberate change to workflow behaviour, and commit the new files: from then on CI
-fails any change that would break batches already running with this code.
+fails any change that would break batches already running with this code. Each recording is a set
+of its own (tests/histories/<name>/, the time of the recording by default). Earlier sets stay:
+batches started by earlier code may still be running when new workers take over.
 
-    .venv/bin/python scripts/record_histories.py
+    .venv/bin/python scripts/record_histories.py [name]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +38,7 @@ from worker import build_openai_client, build_worker  # noqa: E402
 OUT = ROOT / "tests" / "histories"
 
 
-async def main() -> None:
+async def main(out: Path) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(find_temporal_cli()),
         data_converter=pydantic_data_converter,
@@ -83,9 +86,7 @@ async def main() -> None:
                 await asyncio.sleep(0.5)
                 await resume_batch(client, batch_id)
                 await handle.result()
-                OUT.mkdir(parents=True, exist_ok=True)
-                for old in OUT.glob("*.json"):
-                    old.unlink()
+                empty_directory(out)
                 expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
                 executions = await listed_when_visible(client, batch_id, expected)
                 count = 0
@@ -94,10 +95,10 @@ async def main() -> None:
                         execution.id, run_id=execution.run_id
                     ).fetch_history()
                     name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
-                    (OUT / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
+                    (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
                     count += 1
             await llm.close()
-    print(f"recorded {count} histories in {OUT.relative_to(ROOT)}")
+    print(f"recorded {count} histories in {out.relative_to(ROOT)}")
 
 
 async def listed_when_visible(
@@ -117,5 +118,12 @@ async def listed_when_visible(
         await asyncio.sleep(0.5)
 
 
+def empty_directory(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.json"):
+        old.unlink()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    name = sys.argv[1] if len(sys.argv) > 1 else datetime.now(UTC).strftime("%Y-%m-%d-%H%M")
+    asyncio.run(main(OUT / name))

@@ -381,6 +381,10 @@ class ChatTurnRequest(_Model):
     # For models that emulate tools with JSON: the call a sample reply shows (small models copy
     # the sample far more reliably than they follow prose).
     emulation_example: str | None = None
+    # Set by a task's turn: the activity applies the reply's lifecycle tool calls to this state
+    # and records them in the task store itself, so the common path needs no store write of its
+    # own in the workflow (taskpool/task_ledger.py).
+    lifecycle: TurnLifecycle | None = None
 
 
 class ChatTurnResult(_Model):
@@ -389,6 +393,39 @@ class ChatTurnResult(_Model):
     finish_reason: str | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
     model: str
+    # Present when the request carried `lifecycle`: the state after the reply's tool calls, as
+    # the store now has it, and what each call returned for the model.
+    recorded: RecordedTurn | None = None
+
+
+class AttemptState(_Model):
+    """One attempt of a task as its agent loop knows it. The task workflow and the LLM activity
+    hand it to each other, turn by turn."""
+
+    status: TaskStatus = TaskStatus.ASSIGNED
+    progress: TaskProgress = Field(default_factory=TaskProgress)
+    result: JsonValue = None
+    error: TaskError | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    started_at: datetime
+    completed_at: datetime | None = None
+    # Numbers the attempt's store events, so every event has its own key.
+    event_seq: int = 0
+
+
+class TurnLifecycle(_Model):
+    """What a turn needs to apply and record the reply's lifecycle tool calls: the attempt, its
+    state before the turn and the changes the store does not have yet."""
+
+    attempt: int
+    state: AttemptState
+    unrecorded: TaskRecordUpdate
+
+
+class RecordedTurn(_Model):
+    state: AttemptState
+    tool_replies: list[ChatMessage] = Field(default_factory=list)
 
 
 class TaskEvent(_Model):
@@ -417,6 +454,13 @@ class TaskRecordUpdate(_Model):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     events: list[TaskEvent] = Field(default_factory=list)
+    # A model turn's write: its events replace any whose key starts with this prefix, which an
+    # earlier attempt of the same turn may have written before it was lost.
+    replaces_events: str | None = None
+    # Apply only while `attempt` is the task's latest attempt and the task is not cancelled, and
+    # otherwise skip the update: a model turn that ends after its task was cancelled or retried
+    # must not overwrite the newer record.
+    only_if_current: bool = False
 
 
 class RecordTasksRequest(_Model):

@@ -54,6 +54,30 @@ async def test_every_task_leaves_its_lifecycle_in_the_store(
     assert record.duration_seconds is not None
 
 
+async def test_a_simple_tasks_one_model_turn_records_it_without_a_store_step(
+    client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
+) -> None:
+    await run_batch(client, settings, batch_id, "doc")
+
+    history = await client.get_workflow_handle(f"{batch_id}/doc").fetch_history()
+    scheduled = [
+        e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+    assert len(scheduled) == 1
+    # The version marker only: no local activity wrote the store after the turn.
+    assert markers == ["core_patch"]
+    record = await store.get_task(batch_id, "doc", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.COMPLETED
+    assert record.llm_calls == 1
+    assert [e.key for e in record.events][-4:] == ["1:1", "1:t1:2", "1:t1:3", "1:t1:4"]
+
+
 async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(
     client: Client,
     worker: Worker,

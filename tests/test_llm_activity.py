@@ -4,7 +4,8 @@ told to do about each kind of provider trouble."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -14,9 +15,19 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities, retry_after
 from taskpool import agents
-from taskpool.models import ChatTurnRequest, TaskSpec
+from taskpool.models import (
+    ChatTurnRequest,
+    DefinitionRef,
+    EventType,
+    RegisterTasksRequest,
+    TaskSpec,
+    TaskStatus,
+    TurnLifecycle,
+)
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
+from taskpool.store.sqlite import SqliteTaskStore
+from taskpool.task_ledger import TaskLedger
 from worker import build_openai_client
 
 
@@ -165,3 +176,107 @@ async def test_heartbeats_only_while_the_model_takes_longer_than_the_interval(
         assert len(beats) >= 2
     finally:
         await client.close()
+
+
+# --- a task's turn records its own tool calls -----------------------------------------------------
+
+
+def task_turn(task_id: str, started_at: datetime) -> ChatTurnRequest:
+    """Turn 1 of a task as TaskWorkflow sends it: the definition by reference, the attempt's
+    state, and the assignment the store has not seen yet."""
+    ledger = TaskLedger.begin("batch", task_id, 1, clock=lambda: started_at)
+    ledger.note(EventType.ASSIGNED, "attempt 1 assigned", attempt=1)
+    return ChatTurnRequest(
+        task_key=f"batch/{task_id}",
+        turn=1,
+        messages=[],
+        definition=DefinitionRef(batch_id="batch", task_id=task_id),
+        timeout_seconds=5.0,
+        lifecycle=TurnLifecycle(attempt=1, state=ledger.state, unrecorded=ledger.unrecorded),
+    )
+
+
+@pytest.fixture
+async def recording_llm(
+    scripted: ScriptedModelServer, tmp_path: Path
+) -> AsyncIterator[tuple[LlmActivities, SqliteTaskStore]]:
+    client = worker_client(scripted)
+    async with SqliteTaskStore(tmp_path / "tasks.db") as store:
+        await store.register_tasks(
+            RegisterTasksRequest(
+                batch_id="batch",
+                tasks=[TaskSpec(id="doc-1", input="A short text to summarise.")],
+                initial_status={"doc-1": TaskStatus.ASSIGNED},
+                at=datetime.now(UTC),
+            )
+        )
+        try:
+            yield LlmActivities(client, default_model="scripted-model", store=store), store
+        finally:
+            await client.close()
+
+
+async def test_a_task_turn_applies_and_records_its_tool_calls(
+    recording_llm: tuple[LlmActivities, SqliteTaskStore],
+) -> None:
+    llm, store = recording_llm
+    started_at = datetime.now(UTC)
+
+    result = await ActivityEnvironment().run(llm.chat_turn, task_turn("doc-1", started_at))
+
+    assert result.recorded is not None
+    state = result.recorded.state
+    assert state.status is TaskStatus.COMPLETED
+    assert state.llm_calls == 1
+    assert state.usage == result.usage
+    assert [m.content for m in result.recorded.tool_replies] == [
+        "task started",
+        "progress recorded",
+        "task completed",
+    ]
+    record = await store.get_task("batch", "doc-1", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.COMPLETED
+    assert record.result == state.result
+    assert record.result
+    assert (record.llm_calls, record.usage) == (1, result.usage)
+    assert record.started_at == started_at
+    assert record.completed_at == state.completed_at
+    assert [(e.key, e.type) for e in record.events] == [
+        ("created", EventType.CREATED),
+        ("initial:assigned", EventType.ASSIGNED),
+        ("1:1", EventType.ASSIGNED),
+        ("1:t1:2", EventType.STARTED),
+        ("1:t1:3", EventType.PROGRESS),
+        ("1:t1:4", EventType.COMPLETED),
+    ]
+
+
+async def test_a_retried_turn_leaves_only_its_own_decision_in_the_store(
+    recording_llm: tuple[LlmActivities, SqliteTaskStore], scripted: ScriptedModelServer
+) -> None:
+    # The first try completes the task and records it, then its completion is lost (say, the
+    # worker dies): Temporal runs the turn again, and this time the model gives up.
+    llm, store = recording_llm
+    scripted.script(
+        "doc-1",
+        Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "a summary"})]),
+        Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "unreadable"})]),
+    )
+    request = task_turn("doc-1", datetime.now(UTC))
+
+    await ActivityEnvironment().run(llm.chat_turn, request)
+    retried = await ActivityEnvironment().run(llm.chat_turn, request)
+
+    assert retried.recorded is not None
+    assert retried.recorded.state.status is TaskStatus.FAILED
+    record = await store.get_task("batch", "doc-1", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.FAILED
+    assert record.error is not None
+    assert record.error.message == "unreadable"
+    assert [(e.key, e.type) for e in record.events][2:] == [
+        ("1:1", EventType.ASSIGNED),
+        ("1:t1:2", EventType.STARTED),
+        ("1:t1:3", EventType.FAILED),
+    ]

@@ -433,6 +433,94 @@ async def test_status_filter_and_batches_are_separate(store: Store) -> None:
     assert summaries[BATCH].created_at == T0
 
 
+EVENT_FOR = {
+    TaskStatus.IN_PROGRESS: EventType.STARTED,
+    TaskStatus.COMPLETED: EventType.COMPLETED,
+    TaskStatus.FAILED: EventType.FAILED,
+}
+
+
+def turn_write(
+    task_id: str, attempt: int, status: TaskStatus, *keys: str, turn: int = 1
+) -> TaskRecordUpdate:
+    """What a model turn writes: conditional on the attempt, replacing its own earlier events."""
+    return TaskRecordUpdate(
+        batch_id=BATCH,
+        task_id=task_id,
+        status=status,
+        attempt=attempt,
+        events=[event(key, EVENT_FOR[status], 3) for key in keys],
+        replaces_events=f"{attempt}:t{turn}:",
+        only_if_current=True,
+    )
+
+
+async def test_a_retried_turn_replaces_what_the_lost_try_wrote(store: Store) -> None:
+    await store.register_tasks(register("a"))
+    assigned = event("1:1", EventType.ASSIGNED, 1)
+    first = turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:2", "1:t1:3")
+    first.events.insert(0, assigned)
+    await store.apply([first])
+    # Turn 11's keys share the first characters of turn 1's prefix, and must survive it.
+    await store.apply([turn_write("a", 1, TaskStatus.IN_PROGRESS, "1:t11:4", turn=11)])
+
+    retried = turn_write("a", 1, TaskStatus.FAILED, "1:t1:2")
+    retried.events.insert(0, assigned)
+    await store.apply([retried])
+
+    record = await store.get_task(BATCH, "a", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.FAILED
+    assert [(e.key, e.type) for e in record.events] == [
+        ("created", EventType.CREATED),
+        ("1:1", EventType.ASSIGNED),
+        ("1:t11:4", EventType.STARTED),
+        ("1:t1:2", EventType.FAILED),
+    ]
+
+
+async def test_a_turn_ending_after_a_cancel_or_a_retry_changes_nothing(store: Store) -> None:
+    await store.register_tasks(register("a", "b"))
+    await store.apply(
+        [
+            TaskRecordUpdate(batch_id=BATCH, task_id="a", status=TaskStatus.CANCELLED, attempt=1),
+            TaskRecordUpdate(batch_id=BATCH, task_id="b", status=TaskStatus.ASSIGNED, attempt=2),
+        ]
+    )
+
+    await store.apply(
+        [
+            turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:1"),
+            turn_write("b", 1, TaskStatus.COMPLETED, "1:t1:1"),
+            turn_write("ghost", 1, TaskStatus.COMPLETED, "1:t1:1"),
+        ]
+    )
+
+    a = await store.get_task(BATCH, "a", with_events=True)
+    b = await store.get_task(BATCH, "b", with_events=True)
+    assert a is not None
+    assert b is not None
+    assert (a.status, [e.key for e in a.events]) == (TaskStatus.CANCELLED, ["created"])
+    assert (b.status, b.attempt, [e.key for e in b.events]) == (
+        TaskStatus.ASSIGNED,
+        2,
+        ["created"],
+    )
+    # The current attempt's turn lands, in the same call as plain updates.
+    await store.apply(
+        [
+            turn_write("b", 2, TaskStatus.COMPLETED, "2:t1:1"),
+            TaskRecordUpdate(batch_id=BATCH, task_id="a", llm_calls=3),
+        ]
+    )
+    b = await store.get_task(BATCH, "b", with_events=True)
+    a = await store.get_task(BATCH, "a")
+    assert b is not None
+    assert a is not None
+    assert (b.status, [e.key for e in b.events]) == (TaskStatus.COMPLETED, ["created", "2:t1:1"])
+    assert a.llm_calls == 3
+
+
 async def test_unknown_task_rejects_the_whole_update_list(store: Store) -> None:
     await store.register_tasks(register("a"))
     updates = [

@@ -277,6 +277,11 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
     return values
 
 
+def current_attempt_params(update: TaskRecordUpdate) -> tuple[Any, ...]:
+    """The values of an `only_if_current` update's condition: `attempt <= ? AND status <> ?`."""
+    return (update.attempt or 0, TaskStatus.CANCELLED.value)
+
+
 # --- Reading --------------------------------------------------------------------------------------
 
 

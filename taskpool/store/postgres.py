@@ -37,6 +37,7 @@ from taskpool.store.common import (
     BatchSummary,
     StoreSchemaError,
     UnknownTaskError,
+    current_attempt_params,
     event_from_row,
     event_row,
     record_from_row,
@@ -212,16 +213,17 @@ class PostgresTaskStore:
         if not updates:
             return
         now = datetime.now(UTC)
+        plain = [update for update in updates if not update.only_if_current]
         events = [
             event_row(update.batch_id, update.task_id, event)
-            for update in updates
+            for update in plain
             for event in update.events
         ]
         async with (await self._ready()).connection() as conn, conn.transaction():
             # One round trip for the whole list; row counts are checked before the commit.
             async with conn.pipeline() as pipeline:
                 updated = []
-                for update in updates:
+                for update in plain:
                     values = update_assignments(update, now)
                     cursor = conn.cursor()
                     await cursor.execute(
@@ -235,6 +237,10 @@ class PostgresTaskStore:
             for update, cursor in updated:
                 if cursor.rowcount == 0:
                     raise UnknownTaskError(update.batch_id, update.task_id)
+            # Whether a conditional update's events land depends on its row count: one at a time.
+            for update in updates:
+                if update.only_if_current:
+                    await _apply_if_current(conn, update, now)
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False
@@ -383,14 +389,41 @@ async def _copy(
             await copy.write_row(row)
 
 
-def _update_statement(values: Mapping[str, Any]) -> sql.Composed:
+def _update_statement(values: Mapping[str, Any], *, current_only: bool = False) -> sql.Composed:
     assignments = sql.SQL(", ").join(
         sql.SQL("{} = {}::{}").format(
             sql.Identifier(name), sql.Placeholder(), _column_type(TASK_DEFINITIONS, name)
         )
         for name in values
     )
-    return sql.SQL("UPDATE tasks SET {} WHERE batch_id = %s AND task_id = %s").format(assignments)
+    statement = sql.SQL("UPDATE tasks SET {} WHERE batch_id = %s AND task_id = %s").format(
+        assignments
+    )
+    if current_only:
+        # With current_attempt_params: the attempt is the task's latest, and not cancelled.
+        statement += sql.SQL(" AND attempt <= %s AND status <> %s")
+    return statement
+
+
+async def _apply_if_current(
+    conn: AsyncConnection[TupleRow], update: TaskRecordUpdate, now: datetime
+) -> None:
+    values = update_assignments(update, now)
+    cursor = await conn.execute(
+        _update_statement(values, current_only=True),
+        (*values.values(), update.batch_id, update.task_id, *current_attempt_params(update)),
+    )
+    if cursor.rowcount == 0:
+        return
+    if update.replaces_events:
+        prefix = update.replaces_events
+        await conn.execute(
+            "DELETE FROM events WHERE batch_id = %s AND task_id = %s AND left(key, %s) = %s",
+            (update.batch_id, update.task_id, len(prefix), prefix),
+        )
+    events = [event_row(update.batch_id, update.task_id, event) for event in update.events]
+    if events:
+        await conn.execute(_INSERT_EVENTS, _columns(events, len(EVENT_COLUMNS)))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

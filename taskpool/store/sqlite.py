@@ -33,6 +33,7 @@ from taskpool.store.common import (
     BatchSummary,
     StoreSchemaError,
     UnknownTaskError,
+    current_attempt_params,
     event_from_row,
     event_row,
     record_from_row,
@@ -231,23 +232,42 @@ def _existing_ids(conn: sqlite3.Connection, batch_id: str, task_ids: list[str]) 
 
 def _apply(conn: sqlite3.Connection, updates: Sequence[TaskRecordUpdate], now: datetime) -> None:
     with transaction(conn, "IMMEDIATE"):
-        for update in updates:
-            values = update_assignments(update, now)
-            assignments = ", ".join(f"{_column(name)} = ?" for name in values)
-            cursor = conn.execute(
-                f"UPDATE tasks SET {assignments} WHERE batch_id = ? AND task_id = ?",  # noqa: S608 - names checked by _column
-                (*values.values(), update.batch_id, update.task_id),
-            )
-            if cursor.rowcount == 0:
-                raise UnknownTaskError(update.batch_id, update.task_id)
+        applied = [update for update in updates if _update_task(conn, update, now)]
         conn.executemany(
             _INSERT_EVENT,
             (
                 event_row(update.batch_id, update.task_id, event)
-                for update in updates
+                for update in applied
                 for event in update.events
             ),
         )
+
+
+def _update_task(conn: sqlite3.Connection, update: TaskRecordUpdate, now: datetime) -> bool:
+    """Update one task's row; False for an `only_if_current` update that is no longer current."""
+    values = update_assignments(update, now)
+    assignments = ", ".join(f"{_column(name)} = ?" for name in values)
+    where = "batch_id = ? AND task_id = ?"
+    params: tuple[Any, ...] = (update.batch_id, update.task_id)
+    if update.only_if_current:
+        # With current_attempt_params: the attempt is the task's latest, and not cancelled.
+        where = f"{where} AND attempt <= ? AND status <> ?"
+        params = (*params, *current_attempt_params(update))
+    cursor = conn.execute(
+        f"UPDATE tasks SET {assignments} WHERE {where}",  # noqa: S608 - names checked by _column
+        (*values.values(), *params),
+    )
+    if cursor.rowcount == 0:
+        if update.only_if_current:
+            return False
+        raise UnknownTaskError(update.batch_id, update.task_id)
+    if update.replaces_events:
+        prefix = update.replaces_events
+        conn.execute(
+            "DELETE FROM events WHERE batch_id = ? AND task_id = ? AND substr(key, 1, ?) = ?",
+            (update.batch_id, update.task_id, len(prefix), prefix),
+        )
+    return True
 
 
 def _column(name: str) -> str:
