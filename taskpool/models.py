@@ -206,6 +206,11 @@ class TaskRunInput(_Model):
     task_id: str
     attempt: int = 1
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    # Set for every child started since a model turn records its own tool calls: a child started
+    # before that (no field in its input) keeps writing each turn itself, so its history replays.
+    # A field rather than workflow.patched(): a patch upserts a search attribute on every child,
+    # one more event and visibility write per task.
+    turns_record_themselves: bool = False
 
 
 class TaskOutcome(_Model):

@@ -3,13 +3,23 @@ the lifecycle events each task leaves in the store."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from taskpool import names
 from taskpool.batches import batch_status
-from taskpool.models import BatchState, EventType, TaskSpec, TaskStatus
+from taskpool.models import (
+    BatchState,
+    EventType,
+    RegisterTasksRequest,
+    TaskOutcome,
+    TaskRunInput,
+    TaskSpec,
+    TaskStatus,
+)
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
@@ -69,13 +79,49 @@ async def test_a_simple_tasks_one_model_turn_records_it_without_a_store_step(
         if e.HasField("marker_recorded_event_attributes")
     ]
     assert len(scheduled) == 1
-    # The version marker only: no local activity wrote the store after the turn.
-    assert markers == ["core_patch"]
+    # No local activity wrote the store after the turn.
+    assert markers == []
     record = await store.get_task(batch_id, "doc", with_events=True)
     assert record is not None
     assert record.status is TaskStatus.COMPLETED
     assert record.llm_calls == 1
     assert [e.key for e in record.events][-4:] == ["1:1", "1:t1:2", "1:t1:3", "1:t1:4"]
+
+
+async def test_a_child_started_before_turns_recorded_themselves_still_records_each_turn(
+    client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
+) -> None:
+    # What a batch started by an earlier release hands a new worker: no turns_record_themselves
+    # in the child's input. The child writes the store itself, as its history expects.
+    await store.register_tasks(
+        RegisterTasksRequest(
+            batch_id=batch_id,
+            tasks=[TaskSpec(id="old", input="Some text to summarise.")],
+            initial_status={"old": TaskStatus.ASSIGNED},
+            at=datetime.now(UTC),
+        )
+    )
+    outcome = await client.execute_workflow(
+        names.TASK_WORKFLOW,
+        TaskRunInput(batch_id=batch_id, task_id="old"),
+        id=f"{batch_id}/old",
+        task_queue=settings.task_queue,
+        result_type=TaskOutcome,
+    )
+
+    assert outcome.status is TaskStatus.COMPLETED
+    history = await client.get_workflow_handle(f"{batch_id}/old").fetch_history()
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+    assert markers == ["core_local_activity"]
+    record = await store.get_task(batch_id, "old", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.COMPLETED
+    assert record.result
+    assert [e.key for e in record.events][-4:] == ["1:1", "1:2", "1:3", "1:4"]
 
 
 async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(

@@ -374,6 +374,7 @@ class BatchWorkflow:
                     task_id=entry.id,
                     attempt=entry.attempts,
                     agent=self._run.options.agent,
+                    turns_record_themselves=True,
                 ),
                 id=child_id,
                 result_type=TaskOutcome,

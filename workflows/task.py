@@ -44,10 +44,6 @@ with workflow.unsafe.imports_passed_through():
     from taskpool.policies import STORE_WRITE_OPTIONS, llm_activity_options
     from taskpool.task_ledger import TaskLedger
 
-# Since this change a model turn records its own tool calls in the store. Histories from before it
-# replay with the workflow recording every turn itself.
-TURNS_RECORD_THEMSELVES = "turns-record-themselves"
-
 
 @workflow.defn(name=names.TASK_WORKFLOW)
 class TaskWorkflow:
@@ -58,7 +54,9 @@ class TaskWorkflow:
         self._ledger = TaskLedger.begin(
             request.batch_id, request.task_id, request.attempt, clock=workflow.now
         )
-        self._turns_record_themselves = False
+        # Children started before turns recorded themselves keep recording every turn in the
+        # workflow, as their histories did (see TaskRunInput).
+        self._turns_record_themselves = request.turns_record_themselves
         self._paused = False
         self._report_by_signal = False
         self._returned = False
@@ -66,7 +64,6 @@ class TaskWorkflow:
     @workflow.run
     async def run(self, request: TaskRunInput) -> TaskOutcome:
         workflow.logger.info("Task %s attempt %d started", self._task_id, request.attempt)
-        self._turns_record_themselves = workflow.patched(TURNS_RECORD_THEMSELVES)
         try:
             self._ledger.note(
                 EventType.ASSIGNED,
