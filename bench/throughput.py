@@ -621,7 +621,7 @@ TASK_SPANS = (
         "child:activity_task_completed",
     ),
     Span(
-        "LLM reply -> child completes (store write, workflow task)",
+        "LLM reply -> child completes (its last workflow task)",
         "child:activity_task_completed",
         "child:workflow_execution_completed",
         BY_COMPLETION,
@@ -1429,7 +1429,9 @@ def projection(report: HistoryReport, continue_as_new_after: int | None) -> str:
     """Batch events at the target's size, from the run here that took the most reports."""
     per_run = continue_as_new_after or BatchOptions().continue_as_new_after
     events_per_task = report.summary()["batch_events_per_task"]
-    reports, fullest = max(zip(report.reports_per_run, report.batch_runs, strict=True))
+    reports, fullest = max(
+        zip(report.reports_per_run, report.batch_runs, strict=True), key=lambda run: run[0]
+    )
     per_report = fullest.events / max(reports, 1)
     return (
         f"Projection to {HISTORY_TARGET_TASKS} tasks: about "

@@ -1,0 +1,166 @@
+"""The benchmark scripts at toy sizes: each part runs end to end (its own dev server, worker.py
+processes, the scripted model) and reports the figures RESULTS.md quotes, so the scripts cannot
+rot between the rounds that run them for real. The speed figures themselves are not judged here:
+at these sizes they mean nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+# Each --json section is printed as one indented object between lines holding only braces.
+JSON_SECTION = re.compile(r"^\{$.*?^\}$", re.MULTILINE | re.DOTALL)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_bench(script: str, *args: str, verdict_exit: bool = False) -> str:
+    """Run a bench script, check that it ran to its end, and return what it printed.
+
+    `verdict_exit`: the script exits 1 when its verdict is FAIL, which a toy size may well get.
+    """
+    before = RESULTS.read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    allowed = {0, 1} if verdict_exit else {0}
+    assert done.returncode in allowed, f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert RESULTS.read_bytes() == before, "a smoke run must not append to RESULTS.md"
+    return done.stdout
+
+
+def sections(output: str) -> list[dict[str, Any]]:
+    found = [json.loads(block) for block in JSON_SECTION.findall(output)]
+    assert found, f"no JSON section in:\n{output[-2000:]}"
+    return found
+
+
+def test_ceiling_against_taskpool() -> None:
+    out = run_bench(
+        "throughput.py",
+        "ceiling-vs-taskpool",
+        "--tasks",
+        "20",
+        "--window",
+        "5",
+        "--pairs",
+        "1",
+        "--no-record",
+        "--json",
+    )
+
+    [compared] = sections(out)
+    [pair] = compared["pairs"]
+    assert pair["ceiling"]["tasks_per_s"] > 0
+    taskpool = pair["taskpool"]
+    assert taskpool["completed"] == 20
+    assert taskpool["per_task"]["llm_calls"] == 1.0
+    assert taskpool["history"]["summary"]["within_targets"] is True
+    assert compared["ratio"] == pytest.approx(
+        taskpool["tasks_per_s"] / pair["ceiling"]["tasks_per_s"]
+    )
+    assert "taskpool / ceiling" in out
+
+
+def test_utilisation_with_its_one_task_floor() -> None:
+    out = run_bench(
+        "throughput.py",
+        "utilisation",
+        "--server",
+        "durable",
+        "--windows",
+        "2",
+        "--latency",
+        "0.3",
+        "--rounds",
+        "3",
+        "--max-tasks",
+        "6",
+        "--ceiling-rate",
+        "10",
+        "--no-record",
+        "--json",
+    )
+
+    [measured] = sections(out)
+    assert measured["ceiling_tasks_per_s"] == 10
+    # One task at a time cannot beat one model call's latency.
+    assert 0 < measured["lone_reference_tasks_per_s"] < 1 / 0.3
+    assert "One task at a time (the reference pattern, W = 1" in out
+    assert re.search(r"^\| 2 \| 6 \| 6\.7 \|", out, re.MULTILINE), out
+
+
+def test_history_with_hand_overs_and_a_start_probe() -> None:
+    out = run_bench(
+        "throughput.py",
+        "history",
+        "--history-tasks",
+        "40",
+        "--window",
+        "10",
+        "--probe-tasks",
+        "200",
+        "--continue-as-new-after",
+        "10",
+        "--no-record",
+        "--json",
+    )
+
+    [run] = sections(out)
+    assert run["completed"] == 40
+    summary = run["history"]["summary"]
+    assert summary["within_targets"] is True
+    assert summary["batch_runs"]["histories"] >= 3
+    assert summary["children"]["histories"] == 40
+    assert "the server accepted the start" in run["probe"]
+
+
+def test_worker_memory() -> None:
+    out = run_bench(
+        "throughput.py",
+        "rss",
+        "--tasks",
+        "10",
+        "--window",
+        "5",
+        "--latency",
+        "2",
+        "--no-record",
+        "--json",
+    )
+
+    [run] = sections(out)
+    assert run["completed"] == 10
+    assert run["model_peak_concurrency"] == 5
+    assert run["rss_start_mb"] <= run["rss_peak_mb"]
+    assert "target <= 150 MB" in out
+
+
+def test_rate_limits_across_workers() -> None:
+    out = run_bench(
+        "ratelimit.py",
+        "--only",
+        "rpm",
+        "--seconds",
+        "62",
+        "--concurrency",
+        "5",
+        verdict_exit=True,
+    )
+
+    assert re.search(r"^\| requests bind \| \d+ \| \d+ \|", out, re.MULTILINE), out
+    assert re.search(r"Model calls per worker process: \d+, \d+; error replies: 0\. Verdict:", out)
