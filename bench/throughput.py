@@ -638,7 +638,7 @@ TASK_SPANS = (
         "batch:handover_confirmed",
     ),
     Span(
-        "handed over: LLM reply -> task_finished signal sent (store write, workflow task)",
+        "handed over: LLM reply -> task_finished signal sent (its last workflow task)",
         "child:activity_task_completed",
         _FINISHED_SENT,
         BY_SIGNAL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowHandle
@@ -102,6 +103,30 @@ async def register_definitions(
         await store.register_tasks(request)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch checked against the limits and packed, ready for start_prepared: each task has
+    its first status (queued, blocked or scheduled) by the workflow's own rule."""
+
+    tasks: Sequence[TaskSpec]
+    run: BatchRun
+    first_status: Mapping[str, TaskStatus]
+    at: datetime
+
+
+def prepare_batch(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> PreparedBatch:
+    """BatchTooLargeError when the batch would not fit Temporal's limits; needs no server, so a
+    starter can refuse a file before it connects anywhere."""
+    entries = _entries(tasks)
+    at = datetime.now(UTC)
+    # Registered with their first statuses, tasks start at the first run's first workflow task:
+    # for a large batch, writing every first status from the workflow took tens of seconds before
+    # any task ran.
+    TaskTable(entries).settle_pending(at)
+    run = _packed_run(entries, options, settled=True)
+    return PreparedBatch(tasks, run, {entry.id: entry.status for entry in entries}, at)
+
+
 async def start_batch(
     client: Client,
     batch_id: str,
@@ -115,25 +140,37 @@ async def start_batch(
     """Register the definitions in `store` (the workers' task store, or its URL), then start the
     batch workflow. `id_reuse_policy` REJECT_DUPLICATE refuses an id that a finished batch already
     used (its children's ids and store records would be shared)."""
-    entries = _entries(tasks)
-    at = datetime.now(UTC)
-    # Each task gets its first status (queued, blocked or scheduled) by the workflow's own rule and
-    # is registered with it, so the first run starts tasks at once: for a large batch, writing
-    # every first status from the workflow took tens of seconds before any task ran.
-    TaskTable(entries).settle_pending(at)
-    run = _packed_run(entries, options, settled=True)
-    first_status = {entry.id: entry.status for entry in entries}
+    return await start_prepared(
+        client,
+        batch_id,
+        prepare_batch(tasks, options),
+        task_queue=task_queue,
+        store=store,
+        id_reuse_policy=id_reuse_policy,
+    )
+
+
+async def start_prepared(
+    client: Client,
+    batch_id: str,
+    batch: PreparedBatch,
+    *,
+    task_queue: str,
+    store: TaskStore | str,
+    id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+) -> WorkflowHandle[object, BatchResult]:
+    """start_batch for a batch prepared (checked and packed) beforehand."""
     opening = opened_store(store) if isinstance(store, str) else contextlib.nullcontext(store)
     async with opening as opened:
-        await register_definitions(opened, batch_id, tasks, first_status, at)
+        await register_definitions(opened, batch_id, batch.tasks, batch.first_status, batch.at)
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
-        run,
+        batch.run,
         id=batch_id,
         task_queue=task_queue,
         result_type=BatchResult,
         id_reuse_policy=id_reuse_policy,
-        static_summary=f"taskpool batch of {len(tasks)} tasks",
+        static_summary=f"taskpool batch of {len(batch.tasks)} tasks",
     )
 
 

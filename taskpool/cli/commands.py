@@ -135,20 +135,19 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         options.concurrency = args.concurrency
     task_queue = args.task_queue or ctx.settings().task_queue
     try:
-        batches.batch_run(specs, options)
+        prepared = batches.prepare_batch(specs, options)
     except batches.BatchTooLargeError as err:
         raise CliError(f"{source}: {err}", USAGE) from None
     client = await ctx.client()
     await _refuse_existing_batch(client, batch_id)
     async with _task_store(args.store or ctx.settings().store_url, "write to") as store:
         try:
-            await batches.start_batch(
+            await batches.start_prepared(
                 client,
                 batch_id,
-                specs,
+                prepared,
                 task_queue=task_queue,
                 store=store,
-                options=options,
                 # A reused id would share child workflow ids and store records with the old batch.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )

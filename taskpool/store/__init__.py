@@ -23,9 +23,13 @@ class TaskStore(Protocol):
         """
 
     async def apply(self, updates: Sequence[TaskRecordUpdate]) -> None:
-        """Set the fields an update carries (None means unchanged) and add its events.
+        """Set the fields an update carries (None means unchanged) and add its events, all
+        updates in one transaction.
 
-        Events already present (same batch, task and key) are skipped.
+        Events already present (same batch, task and key) are skipped, except those under the
+        update's `replaces_events` key prefix, which it replaces. An `only_if_current` update is
+        skipped, events and all, when its attempt is no longer the task's latest or the task is
+        cancelled; any other update of a task the store does not have raises UnknownTaskError.
         """
 
     async def get_task(
