@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
 
 from taskpool import names
@@ -44,6 +44,15 @@ def sent_messages(scripted: ScriptedModelServer, task_key: str, *, turn: int) ->
     return messages
 
 
+def marker_names(history: WorkflowHistory) -> list[str]:
+    """Which markers a history holds: a local activity leaves `core_local_activity`."""
+    return [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+
+
 async def test_every_task_leaves_its_lifecycle_in_the_store(
     client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
 ) -> None:
@@ -73,11 +82,7 @@ async def test_a_simple_tasks_one_model_turn_records_it_without_a_store_step(
     scheduled = [
         e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    markers = [
-        e.marker_recorded_event_attributes.marker_name
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-    ]
+    markers = marker_names(history)
     assert len(scheduled) == 1
     # No local activity wrote the store after the turn.
     assert markers == []
@@ -111,11 +116,7 @@ async def test_a_child_started_before_turns_recorded_themselves_still_records_ea
 
     assert outcome.status is TaskStatus.COMPLETED
     history = await client.get_workflow_handle(f"{batch_id}/old").fetch_history()
-    markers = [
-        e.marker_recorded_event_attributes.marker_name
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-    ]
+    markers = marker_names(history)
     assert markers == ["core_local_activity"]
     record = await store.get_task(batch_id, "old", with_events=True)
     assert record is not None
