@@ -6,13 +6,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client, WorkflowHistory
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from activities.lifecycle import LifecycleActivities
+from activities.llm import LlmActivities
 from taskpool import names
 from taskpool.batches import batch_status
 from taskpool.models import (
     BatchState,
+    ChatTurnRequest,
+    ChatTurnResult,
     EventType,
     RegisterTasksRequest,
     TaskOutcome,
@@ -24,6 +30,8 @@ from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
 from tests.conftest import start_test_batch
+from worker import build_openai_client
+from workflows.task import TaskWorkflow
 
 
 async def run_batch(
@@ -42,6 +50,18 @@ def sent_messages(scripted: ScriptedModelServer, task_key: str, *, turn: int) ->
     messages = body["messages"]
     assert isinstance(messages, list)
     return messages
+
+
+async def register_one(store: TaskStore, batch_id: str, task_id: str) -> None:
+    """A task in the store as a batch registers it, for tests that run its workflow alone."""
+    await store.register_tasks(
+        RegisterTasksRequest(
+            batch_id=batch_id,
+            tasks=[TaskSpec(id=task_id, input="Some text to summarise.")],
+            initial_status={task_id: TaskStatus.ASSIGNED},
+            at=datetime.now(UTC),
+        )
+    )
 
 
 def marker_names(history: WorkflowHistory) -> list[str]:
@@ -98,14 +118,7 @@ async def test_a_child_started_before_turns_recorded_themselves_still_records_ea
 ) -> None:
     # What a batch started by an earlier release hands a new worker: no turns_record_themselves
     # in the child's input. The child writes the store itself, as its history expects.
-    await store.register_tasks(
-        RegisterTasksRequest(
-            batch_id=batch_id,
-            tasks=[TaskSpec(id="old", input="Some text to summarise.")],
-            initial_status={"old": TaskStatus.ASSIGNED},
-            at=datetime.now(UTC),
-        )
-    )
+    await register_one(store, batch_id, "old")
     outcome = await client.execute_workflow(
         names.TASK_WORKFLOW,
         TaskRunInput(batch_id=batch_id, task_id="old"),
@@ -123,6 +136,52 @@ async def test_a_child_started_before_turns_recorded_themselves_still_records_ea
     assert record.status is TaskStatus.COMPLETED
     assert record.result
     assert [e.key for e in record.events][-4:] == ["1:1", "1:2", "1:3", "1:4"]
+
+
+async def test_a_turn_recorded_but_never_received_leaves_no_trace_in_the_store(
+    client: Client, settings: Settings, store: TaskStore, batch_id: str
+) -> None:
+    # The turn's activity applies and records the model's complete_task, then its completion is
+    # lost: the workflow sees a failed turn, and the store must say what the workflow decided.
+    await register_one(store, batch_id, "lost")
+    llm_client = build_openai_client(settings)
+    real = LlmActivities(llm_client, default_model=settings.model, store=store)
+
+    @activity.defn(name=names.CHAT_TURN)
+    async def turn_whose_completion_is_lost(request: ChatTurnRequest) -> ChatTurnResult:
+        await real.chat_turn(request)
+        raise ApplicationError("the reply was lost", type="lost", non_retryable=True)
+
+    worker = Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[TaskWorkflow],
+        activities=[turn_whose_completion_is_lost, LifecycleActivities(store).record_tasks],
+    )
+    try:
+        async with worker:
+            outcome = await client.execute_workflow(
+                names.TASK_WORKFLOW,
+                TaskRunInput(batch_id=batch_id, task_id="lost", turns_record_themselves=True),
+                id=f"{batch_id}/lost",
+                task_queue=settings.task_queue,
+                result_type=TaskOutcome,
+            )
+    finally:
+        await llm_client.close()
+
+    assert outcome.status is TaskStatus.FAILED
+    record = await store.get_task(batch_id, "lost", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.FAILED
+    assert record.error is not None
+    assert record.error.code == "lost"
+    assert record.result is None
+    assert [(e.key, e.type) for e in record.events][-3:] == [
+        ("1:1", EventType.ASSIGNED),
+        ("1:2", EventType.STARTED),
+        ("1:3", EventType.FAILED),
+    ]
 
 
 async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(

@@ -479,6 +479,33 @@ async def test_a_retried_turn_replaces_what_the_lost_try_wrote(store: Store) -> 
     ]
 
 
+async def test_a_workflows_failure_replaces_a_turn_it_never_received(store: Store) -> None:
+    await store.register_tasks(register("a"))
+    lost = turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:2", "1:t1:3")
+    lost.result = "a reply the workflow never saw"
+    await store.apply([lost])
+
+    await store.apply(
+        [
+            TaskRecordUpdate(
+                batch_id=BATCH,
+                task_id="a",
+                status=TaskStatus.FAILED,
+                attempt=1,
+                error=TaskError(code="lost", message="the reply was lost"),
+                events=[event("1:2", EventType.FAILED, 4)],
+                replaces_events="1:t1:",
+            )
+        ]
+    )
+
+    record = await store.get_task(BATCH, "a", with_events=True)
+    assert record is not None
+    assert record.status is TaskStatus.FAILED
+    assert record.result is None
+    assert [e.key for e in record.events] == ["created", "1:2"]
+
+
 async def test_a_turn_ending_after_a_cancel_or_a_retry_changes_nothing(store: Store) -> None:
     await store.register_tasks(register("a", "b"))
     await store.apply(

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         TurnLifecycle,
     )
     from taskpool.policies import STORE_WRITE_OPTIONS, llm_activity_options
-    from taskpool.task_ledger import TaskLedger
+    from taskpool.task_ledger import TaskLedger, turn_event_prefix
 
 
 @workflow.defn(name=names.TASK_WORKFLOW)
@@ -57,6 +57,9 @@ class TaskWorkflow:
         # Children started before turns recorded themselves keep recording every turn in the
         # workflow, as their histories did (see TaskRunInput).
         self._turns_record_themselves = request.turns_record_themselves
+        # A turn whose activity may have recorded a reply this workflow never took (its
+        # completion lost, or the task cancelled meanwhile): the next store write replaces it.
+        self._unadopted_turn: int | None = None
         self._paused = False
         self._report_by_signal = False
         self._returned = False
@@ -125,6 +128,7 @@ class TaskWorkflow:
             )
             if reply.recorded is not None:
                 self._ledger.adopt(reply.recorded.state)
+                self._unadopted_turn = None
                 messages.extend(reply.recorded.tool_replies)
             else:
                 messages.extend(self._ledger.apply_calls(reply.tool_calls))
@@ -151,6 +155,7 @@ class TaskWorkflow:
         settings = self._request.agent
         lifecycle = None
         if self._turns_record_themselves:
+            self._unadopted_turn = turn
             lifecycle = TurnLifecycle(
                 attempt=self._request.attempt,
                 state=self._ledger.state,
@@ -195,10 +200,13 @@ class TaskWorkflow:
 
     async def _flush(self) -> None:
         """Write what changed since the last write as one idempotent store write."""
+        update = self._ledger.take_update()
+        if self._unadopted_turn is not None:
+            # The store must show what this workflow decided, not a reply it never saw.
+            update.replaces_events = turn_event_prefix(self._request.attempt, self._unadopted_turn)
+            self._unadopted_turn = None
         await workflow.execute_local_activity(
-            names.RECORD_TASKS,
-            RecordTasksRequest(updates=[self._ledger.take_update()]),
-            **STORE_WRITE_OPTIONS,
+            names.RECORD_TASKS, RecordTasksRequest(updates=[update]), **STORE_WRITE_OPTIONS
         )
 
     async def _report(self) -> None:

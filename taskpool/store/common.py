@@ -240,8 +240,9 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
 
     Only fields the update carries are set (None means unchanged). Going back to queued is a
     retry: the previous attempt's result, error, completion time and progress are cleared unless
-    the update sets them itself. `updated_at` is the update's latest event time, else `now`, so
-    applying the same update twice leaves the same record.
+    the update sets them itself. A failed or cancelled task's result is cleared. `updated_at` is
+    the update's latest event time, else `now`, so applying the same update twice leaves the same
+    record.
     """
     values: dict[str, Any] = {}
     if update.status is TaskStatus.QUEUED:
@@ -251,6 +252,10 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
             completed_at=None,
             progress=TaskProgress().model_dump_json(),
         )
+    if update.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        # A failed or cancelled task has no result, even one a model turn wrote before the
+        # workflow decided otherwise (a reply it never received).
+        values["result"] = None
     if update.status is not None:
         values["status"] = update.status.value
     if update.attempt is not None:

@@ -231,6 +231,8 @@ class PostgresTaskStore:
                         (*values.values(), update.batch_id, update.task_id),
                     )
                     updated.append((update, cursor))
+                    if update.replaces_events:
+                        await _delete_events_under(conn, update, update.replaces_events)
                 if events:
                     await conn.execute(_INSERT_EVENTS, _columns(events, len(EVENT_COLUMNS)))
                 await pipeline.sync()
@@ -416,14 +418,19 @@ async def _apply_if_current(
     if cursor.rowcount == 0:
         return
     if update.replaces_events:
-        prefix = update.replaces_events
-        await conn.execute(
-            "DELETE FROM events WHERE batch_id = %s AND task_id = %s AND left(key, %s) = %s",
-            (update.batch_id, update.task_id, len(prefix), prefix),
-        )
+        await _delete_events_under(conn, update, update.replaces_events)
     events = [event_row(update.batch_id, update.task_id, event) for event in update.events]
     if events:
         await conn.execute(_INSERT_EVENTS, _columns(events, len(EVENT_COLUMNS)))
+
+
+async def _delete_events_under(
+    conn: AsyncConnection[TupleRow], update: TaskRecordUpdate, prefix: str
+) -> None:
+    await conn.execute(
+        "DELETE FROM events WHERE batch_id = %s AND task_id = %s AND left(key, %s) = %s",
+        (update.batch_id, update.task_id, len(prefix), prefix),
+    )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
