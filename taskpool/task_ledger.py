@@ -57,7 +57,7 @@ class TaskLedger:
         self._clock = clock
         self._event_prefix = event_prefix
         self.state = state
-        self.unrecorded = unrecorded or TaskRecordUpdate(batch_id=batch_id, task_id=task_id)
+        self.unrecorded = unrecorded or self._blank_update()
 
     @classmethod
     def begin(
@@ -83,7 +83,7 @@ class TaskLedger:
     def adopt(self, state: AttemptState) -> None:
         """Take the state a model turn applied and recorded in the store."""
         self.state = state
-        self.unrecorded = TaskRecordUpdate(batch_id=self._batch_id, task_id=self._task_id)
+        self.unrecorded = self._blank_update()
 
     def take_update(self) -> TaskRecordUpdate:
         """Everything that changed since the last take, as one idempotent store write."""
@@ -92,8 +92,11 @@ class TaskLedger:
         update.attempt = self._attempt
         update.usage = self.state.usage
         update.llm_calls = self.state.llm_calls
-        self.unrecorded = TaskRecordUpdate(batch_id=self._batch_id, task_id=self._task_id)
+        self.unrecorded = self._blank_update()
         return update
+
+    def _blank_update(self) -> TaskRecordUpdate:
+        return TaskRecordUpdate(batch_id=self._batch_id, task_id=self._task_id)
 
     # --- the model's turns ------------------------------------------------------------------------
 

@@ -83,7 +83,8 @@ class TaskWorkflow:
             await self._flush()
             await self._report()
             raise
-        if self._ledger.has_unrecorded or not self._turns_record_themselves:
+        # Whatever ended the loop noted an event unless a recorded turn ended it.
+        if self._ledger.has_unrecorded:
             await self._flush()
         # The decision point: from here on a hand-over message is refused (see control()), so
         # the run that started this child waits for its completion instead.
