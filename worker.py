@@ -35,6 +35,9 @@ from workflows.task import TaskWorkflow
 
 log = structlog.get_logger("taskpool.worker")
 
+# Workflow-task slots beyond those local model turns may hold: the SDK's default count.
+WORKFLOW_TASK_HEADROOM = 100
+
 
 def build_openai_client(settings: Settings) -> openai.AsyncOpenAI:
     # Temporal owns retries: one HTTP attempt per activity attempt, all visible in history.
@@ -66,6 +69,12 @@ def build_worker(
         temperature=settings.temperature,
         json_max_string_length=settings.json_max_string_length,
         store=store,
+        local_turns_refused_because=(
+            None
+            if settings.requests_per_minute is None
+            else "TASKPOOL_RPM limits requests through the task queue, which local activities "
+            "bypass; start the batch with --model-calls activity"
+        ),
     )
     lifecycle = LifecycleActivities(store)
     rpm = settings.requests_per_minute
@@ -79,6 +88,11 @@ def build_worker(
             lifecycle.record_tasks,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
+        # A model turn run as a local activity (model_calls="local") holds a local-activity slot
+        # and, for as long as it runs, its workflow's workflow-task slot: so as many of each as
+        # of model calls, and room beyond them for the workflow tasks of everything else.
+        max_concurrent_local_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_activities + WORKFLOW_TASK_HEADROOM,
         max_cached_workflows=settings.max_cached_workflows,
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()

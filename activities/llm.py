@@ -81,8 +81,10 @@ class LlmActivities:
         temperature: float | None = None,
         json_max_string_length: int | None = None,
         store: TaskStore | None = None,
+        local_turns_refused_because: str | None = None,
     ) -> None:
         self._client = client
+        self._local_turns_refused_because = local_turns_refused_because
         self._store = store
         self._temperature = temperature
         self._json_max_string_length = json_max_string_length
@@ -100,6 +102,13 @@ class LlmActivities:
             task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
         )
         started = time.monotonic()
+        if info.is_local and self._local_turns_refused_because is not None:
+            raise ApplicationError(
+                f"this worker does not run model calls as local activities: "
+                f"{self._local_turns_refused_because}",
+                type=names.LOCAL_TURN_REFUSED,
+                non_retryable=True,
+            )
         if request.definition is not None:
             request = await self._task_turn(request, request.definition)
         try:
@@ -327,7 +336,13 @@ class LlmActivities:
         """Heartbeat while the model thinks, so a lost worker is noticed within the heartbeat
         timeout and a cancelled task stops waiting."""
 
-        timeout = activity.info().heartbeat_timeout
+        info = activity.info()
+        if info.is_local:
+            # A local activity has no heartbeats: the SDK keeps the workflow task that runs it
+            # alive instead.
+            yield
+            return
+        timeout = info.heartbeat_timeout
         every = self._heartbeat_every
         if timeout is not None:
             every = min(every, timeout.total_seconds() / 4)

@@ -90,6 +90,7 @@ from taskpool.models import (
     BatchOptions,
     BatchResult,
     BatchRun,
+    ModelCalls,
     TaskSpec,
 )
 from taskpool.packing import pack
@@ -777,6 +778,8 @@ class Common:
     input_chars: int
     worker_env: dict[str, str] = field(default_factory=dict)
     """Set in worker.py's environment on top of what the bench gives it."""
+    model_calls: ModelCalls = "activity"
+    """How taskpool's batches run model turns (AgentSettings.model_calls)."""
 
     def server(self, name: str | None = None) -> ServerConfig:
         return server_config(name or self.server_name, sqlite_pragmas=self.pragmas)
@@ -875,7 +878,10 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
     batch_id = f"bench-batch-{uuid.uuid4().hex[:8]}"
     types = {key.name: key.indexed_value_type.name.title() for key in names.SEARCH_ATTRIBUTES}
     config = common.server()
-    options = BatchOptions(concurrency=plan.window, agent=AgentSettings(model=MODEL))
+    options = BatchOptions(
+        concurrency=plan.window,
+        agent=AgentSettings(model=MODEL, model_calls=common.model_calls),
+    )
     if plan.continue_as_new_after is not None:
         options.continue_as_new_after = plan.continue_as_new_after
     progress(
@@ -995,6 +1001,8 @@ CPU_HEADER = (
 def server_line(common: Common, *names: str) -> str:
     shown = dict.fromkeys(names or (common.server_name,))
     line = "Dev server: " + "; ".join(common.server(name).describe() for name in shown) + "."
+    if common.model_calls != "activity":
+        line += f" taskpool's model calls: {common.model_calls} activities."
     if common.worker_env:
         line += " Worker environment: " + " ".join(f"{k}={v}" for k, v in common.worker_env.items())
         line += "."
@@ -1475,6 +1483,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="K=V",
         help="extra environment for worker.py, e.g. TASKPOOL_WORKFLOW_SANDBOX=off",
     )
+    common.add_argument(
+        "--model-calls",
+        choices=("activity", "local"),
+        default="activity",
+        help="how taskpool's batches run model turns (BatchOptions' agent.model_calls)",
+    )
     common.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     common.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
 
@@ -1602,6 +1616,7 @@ def main(argv: Sequence[str]) -> int:
         pragmas=pragmas,
         input_chars=args.input_chars,
         worker_env=parse_pairs(args.worker_env, "--worker-env"),
+        model_calls=args.model_calls,
     )
     command = command_line()
     for section in asyncio.run(run_parts(args, common)):

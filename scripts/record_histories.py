@@ -28,7 +28,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from taskpool.batches import pause_batch, resume_batch, start_batch  # noqa: E402
 from taskpool.devserver import find_temporal_cli  # noqa: E402
-from taskpool.models import BatchOptions, TaskSpec  # noqa: E402
+from taskpool.models import AgentSettings, BatchOptions, TaskSpec  # noqa: E402
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
 from taskpool.settings import Settings  # noqa: E402
 from taskpool.store import opened_store  # noqa: E402
@@ -36,6 +36,11 @@ from taskpool.temporal import ensure_search_attributes  # noqa: E402
 from worker import build_openai_client, build_worker  # noqa: E402
 
 OUT = ROOT / "tests" / "histories"
+# One batch for each way of running model turns.
+RECORDED_BATCHES = {
+    "recorded-batch": AgentSettings(),
+    "recorded-local": AgentSettings(model_calls="local"),
+}
 
 
 async def main(out: Path) -> None:
@@ -58,47 +63,59 @@ async def main(out: Path) -> None:
                 opened_store(settings.store_url) as store,
                 build_worker(client, settings, llm_client=llm, store=store),
             ):
-                model.script("flaky", Fault.rate_limit(retry_after=0.5))
-                model.script("quiet", Reply(content="no tools"), Reply(content="still none"))
-                model.script(
-                    "steps",
-                    Reply(tool_calls=[ToolCallSpec("start_task", {})]),
-                    Reply(tool_calls=[ToolCallSpec("report_progress", {"percent": 40})]),
-                )
-                specs = [
-                    TaskSpec(id="plain", input="A plain text."),
-                    TaskSpec(id="flaky", input="Rate limited once."),
-                    TaskSpec(id="quiet", input="The model never finishes."),
-                    TaskSpec(id="steps", input="Several turns.", priority="high"),
-                    TaskSpec(id="after", input="Runs after plain.", depends_on=["plain"]),
-                    *(TaskSpec(id=f"doc-{i}", input=f"Document {i}.") for i in range(5)),
-                ]
-                batch_id = "recorded-batch"
-                handle = await start_batch(
-                    client,
-                    batch_id,
-                    specs,
-                    task_queue=settings.task_queue,
-                    store=settings.store_url,
-                    options=BatchOptions(concurrency=3, continue_as_new_after=4),
-                )
-                await pause_batch(client, batch_id, reason="recording")
-                await asyncio.sleep(0.5)
-                await resume_batch(client, batch_id)
-                await handle.result()
                 empty_directory(out)
-                expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
-                executions = await listed_when_visible(client, batch_id, expected)
                 count = 0
-                for execution in executions:
-                    history = await client.get_workflow_handle(
-                        execution.id, run_id=execution.run_id
-                    ).fetch_history()
-                    name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
-                    (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
-                    count += 1
+                for batch_id, agent in RECORDED_BATCHES.items():
+                    count += await record_batch(client, model, settings, batch_id, agent, out)
             await llm.close()
     print(f"recorded {count} histories in {out.relative_to(ROOT)}")
+
+
+async def record_batch(
+    client: Client,
+    model: ScriptedModelServer,
+    settings: Settings,
+    batch_id: str,
+    agent: AgentSettings,
+    out: Path,
+) -> int:
+    """Run one batch that takes every path worth replaying, then write each of its histories."""
+    model.script(f"{batch_id}/flaky", Fault.rate_limit(retry_after=0.5))
+    model.script(f"{batch_id}/quiet", Reply(content="no tools"), Reply(content="still none"))
+    model.script(
+        f"{batch_id}/steps",
+        Reply(tool_calls=[ToolCallSpec("start_task", {})]),
+        Reply(tool_calls=[ToolCallSpec("report_progress", {"percent": 40})]),
+    )
+    specs = [
+        TaskSpec(id="plain", input="A plain text."),
+        TaskSpec(id="flaky", input="Rate limited once."),
+        TaskSpec(id="quiet", input="The model never finishes."),
+        TaskSpec(id="steps", input="Several turns.", priority="high"),
+        TaskSpec(id="after", input="Runs after plain.", depends_on=["plain"]),
+        *(TaskSpec(id=f"doc-{i}", input=f"Document {i}.") for i in range(5)),
+    ]
+    handle = await start_batch(
+        client,
+        batch_id,
+        specs,
+        task_queue=settings.task_queue,
+        store=settings.store_url,
+        options=BatchOptions(concurrency=3, continue_as_new_after=4, agent=agent),
+    )
+    await pause_batch(client, batch_id, reason="recording")
+    await asyncio.sleep(0.5)
+    await resume_batch(client, batch_id)
+    await handle.result()
+    expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
+    executions = await listed_when_visible(client, batch_id, expected)
+    for execution in executions:
+        history = await client.get_workflow_handle(
+            execution.id, run_id=execution.run_id
+        ).fetch_history()
+        name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
+        (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
+    return len(executions)
 
 
 async def listed_when_visible(

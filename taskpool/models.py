@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -149,6 +149,9 @@ class TaskProgress(_Model):
 # --- Workflow inputs -----------------------------------------------------------------------------
 
 
+ModelCalls = Literal["activity", "local"]
+
+
 class AgentSettings(_Model):
     """Per-batch knobs for the agent loop. No secrets: those stay in the worker's environment."""
 
@@ -157,6 +160,9 @@ class AgentSettings(_Model):
     llm_timeout_seconds: float = Field(default=120.0, gt=0)
     llm_heartbeat_seconds: float = Field(default=10.0, gt=0)
     llm_max_attempts: int = Field(default=8, ge=1)
+    # "local" runs each model turn as a local activity inside the task's workflow task: fewer
+    # server round trips per task, for short model calls (see README "Model calls").
+    model_calls: ModelCalls = "activity"
 
 
 class BatchOptions(_Model):

@@ -38,6 +38,8 @@ RECORD_TASKS = "record_tasks"
 
 # The error type a task fails with when the store does not have its definition.
 DEFINITION_MISSING = "definition_missing"
+# A worker that limits requests per minute through its task queue, which local activities bypass.
+LOCAL_TURN_REFUSED = "local_turn_refused"
 
 BATCH_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("TaskpoolBatchState")
 BATCH_PROGRESS_ATTRIBUTE = SearchAttributeKey.for_int("TaskpoolProgress")

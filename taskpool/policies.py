@@ -24,14 +24,48 @@ STORE_WRITE_OPTIONS: dict[str, Any] = {
 }
 
 
+# Bounds on a task workflow's workflow-task timeout when its model turns run locally: short
+# enough that a lost worker's turn is soon retried, long enough that a busy worker is not
+# taken for a lost one, and within what the server accepts.
+MIN_LOCAL_TURN_TASK_TIMEOUT = timedelta(seconds=2)
+MAX_LOCAL_TURN_TASK_TIMEOUT = timedelta(seconds=60)
+
+
 def llm_activity_options(settings: AgentSettings) -> dict[str, Any]:
+    """Options for a model turn run as an activity (`model_calls="activity"`)."""
+    return {
+        **_llm_attempt_options(settings),
+        # The activity heartbeats while it waits for the model, so a crashed worker's turn is
+        # retried within this, not after the whole start-to-close timeout.
+        "heartbeat_timeout": timedelta(seconds=settings.llm_heartbeat_seconds),
+    }
+
+
+def llm_local_activity_options(settings: AgentSettings) -> dict[str, Any]:
+    """Options for a model turn run as a local activity (`model_calls="local"`). A lost worker
+    is noticed by the task workflow's workflow-task timeout instead of heartbeats (see
+    task_workflow_task_timeout)."""
+    return _llm_attempt_options(settings)
+
+
+def task_workflow_task_timeout(settings: AgentSettings) -> timedelta | None:
+    """The workflow-task timeout for a task workflow; None keeps Temporal's default (10 s).
+
+    A local turn runs inside a workflow task, which the SDK keeps alive by completing it at 80 %
+    of this timeout; a worker that dies mid-turn stops doing so, and the turn is retried on
+    another worker once the timeout passes. So the heartbeat setting is what sets it.
+    """
+    if settings.model_calls != "local":
+        return None
+    wanted = timedelta(seconds=settings.llm_heartbeat_seconds)
+    return min(max(wanted, MIN_LOCAL_TURN_TASK_TIMEOUT), MAX_LOCAL_TURN_TASK_TIMEOUT)
+
+
+def _llm_attempt_options(settings: AgentSettings) -> dict[str, Any]:
     return {
         # A little above the HTTP timeout, so the client's own timeout is what normally fires
         # and becomes a clear, retryable error.
         "start_to_close_timeout": timedelta(seconds=settings.llm_timeout_seconds + 15),
-        # The activity heartbeats while it waits for the model, so a crashed worker's turn is
-        # retried within this, not after the whole start-to-close timeout.
-        "heartbeat_timeout": timedelta(seconds=settings.llm_heartbeat_seconds),
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(seconds=1),
             backoff_coefficient=2.0,

@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
         TaskView,
     )
     from taskpool.packing import pack, unpack
-    from taskpool.policies import STORE_WRITE_OPTIONS
+    from taskpool.policies import STORE_WRITE_OPTIONS, task_workflow_task_timeout
     from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
 
 # A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
@@ -379,6 +379,7 @@ class BatchWorkflow:
                 id=child_id,
                 result_type=TaskOutcome,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                task_timeout=task_workflow_task_timeout(self._run.options.agent),
                 static_summary=f"task {entry.id} of batch {self._batch_id}"[:200],
             )
         except (WorkflowAlreadyStartedError, FailureError) as err:
@@ -451,6 +452,25 @@ class BatchWorkflow:
             lambda: all(c in self._handed_over or c not in self._awaited for c in awaited)
         )
 
+    async def _let_children_finish(self) -> None:
+        """Wait for every child this run awaits to finish, instead of handing them over.
+
+        A child whose model turns are local activities spends its turn inside one workflow task,
+        and a signal reaching it meanwhile makes Temporal reject that task's completion: the turn
+        would run again, a second paid model call. Its children are short-lived by design, so the
+        run lets them finish (starting none) and hands nothing over. The pause state still
+        reaches them, so a paused batch's children wait; a cancellation ends the wait.
+        """
+        while self._awaited and self._run.cancel_reason is None:
+            await self._tell_children_pause_state()
+            await workflow.wait_condition(
+                lambda: (
+                    not self._awaited
+                    or self._run.cancel_reason is not None
+                    or self._children_paused != self._run.paused
+                )
+            )
+
     async def _cancel_everything(self) -> None:
         reason = self._run.cancel_reason or "cancelled"
         now = workflow.now()
@@ -497,7 +517,12 @@ class BatchWorkflow:
         # Every child start must be accepted before the hand-over, or the new run could not
         # find it; handlers must finish so no signal or update is lost.
         await workflow.wait_condition(lambda: self._starting == 0)
-        await self._hand_over_children()
+        if self._run.options.agent.model_calls == "local":
+            await self._let_children_finish()
+            if self._run.cancel_reason is not None:
+                return  # the run loop cancels instead
+        else:
+            await self._hand_over_children()
         # Signals keep arriving while this run waits: a pause the children have not heard of,
         # or reports whose consequences are not in the store yet, would be lost with the run.
         while True:

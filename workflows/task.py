@@ -1,14 +1,15 @@
 """TaskWorkflow: one task's agent loop.
 
-Each LLM turn is one activity. The model drives the task through lifecycle tools bound to this one
-task; every tool call in a reply is applied in order, so a simple task costs a single LLM call. The
-LLM activity reads the task's definition from the task store on every turn (a definition can be
-large, so it stays out of every history and of this workflow's input), applies the reply's tool
-calls to the attempt's state and records them in the store in the same activity; the workflow
-adopts the state it returns. What the workflow decides itself (a turn limit, a failed model call,
-a cancellation) it records with a local activity. The workflow returns its outcome, which the
-batch run that started it awaits. A child handed over to a later run of the batch (see
-workflows/batch.py) reports by signal instead, as does a cancelled one.
+Each LLM turn is one activity (a local one when the batch sets `model_calls="local"`). The model
+drives the task through lifecycle tools bound to this one task; every tool call in a reply is
+applied in order, so a simple task costs a single LLM call. The LLM activity reads the task's
+definition from the task store on every turn (a definition can be large, so it stays out of every
+history and of this workflow's input), applies the reply's tool calls to the attempt's state and
+records them in the store in the same activity; the workflow adopts the state it returns. What the
+workflow decides itself (a turn limit, a failed model call, a cancellation) it records with a local
+activity. The workflow returns its outcome, which the batch run that started it awaits. A child
+handed over to a later run of the batch (see workflows/batch.py) reports by signal instead, as does
+a cancelled one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ with workflow.unsafe.imports_passed_through():
         TaskStatus,
         TurnLifecycle,
     )
-    from taskpool.policies import STORE_WRITE_OPTIONS, llm_activity_options
+    from taskpool.policies import (
+        STORE_WRITE_OPTIONS,
+        llm_activity_options,
+        llm_local_activity_options,
+    )
     from taskpool.task_ledger import TaskLedger, turn_event_prefix
 
 
@@ -172,17 +177,14 @@ class TaskWorkflow:
             lifecycle=lifecycle,
         )
         try:
-            reply: ChatTurnResult = await workflow.execute_activity(
-                names.CHAT_TURN,
-                request,
-                result_type=ChatTurnResult,
-                **llm_activity_options(settings),
-            )
-        except ActivityError as err:
+            reply = await self._run_turn(request)
+        except FailureError as err:
             if is_cancelled_exception(err):
                 # The turn was cancelled because this workflow is: handled as a cancellation.
                 raise asyncio.CancelledError from err
-            cause = err.cause
+            # A local turn's failure may arrive as the activity's own error, without the
+            # ActivityError around it that an activity's has.
+            cause = err.cause if isinstance(err, ActivityError) else err
             detail = str(cause) if cause is not None else str(err)
             code = cause.type if isinstance(cause, ApplicationError) and cause.type else "llm_error"
             if code != names.DEFINITION_MISSING:
@@ -195,6 +197,25 @@ class TaskWorkflow:
         if reply.finish_reason == "content_filter":
             self._ledger.fail("content_filter", "the provider's content filter stopped the reply")
             return None
+        return reply
+
+    async def _run_turn(self, request: ChatTurnRequest) -> ChatTurnResult:
+        settings = self._request.agent
+        reply: ChatTurnResult
+        if settings.model_calls == "local":
+            reply = await workflow.execute_local_activity(
+                names.CHAT_TURN,
+                request,
+                result_type=ChatTurnResult,
+                **llm_local_activity_options(settings),
+            )
+        else:
+            reply = await workflow.execute_activity(
+                names.CHAT_TURN,
+                request,
+                result_type=ChatTurnResult,
+                **llm_activity_options(settings),
+            )
         return reply
 
     # --- the task store ---------------------------------------------------------------------------

@@ -130,7 +130,7 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         specs = with_default_priority(specs, args.priority)
     batch_id = args.batch_id if args.batch_id is not None else default_batch_id(source)
     _check_batch_id(batch_id)
-    options = BatchOptions(agent=AgentSettings(model=args.model))
+    options = BatchOptions(agent=AgentSettings(model=args.model, model_calls=args.model_calls))
     if args.concurrency is not None:
         options.concurrency = args.concurrency
     task_queue = args.task_queue or ctx.settings().task_queue

@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--model", metavar="M", help="model name for this batch's LLM calls")
     start.add_argument(
+        "--model-calls",
+        choices=("activity", "local"),
+        default="activity",
+        help="run each model call as an activity (default) or as a local activity inside the "
+        "task's workflow task: fewer server round trips, for model calls of a few seconds; not "
+        "with TASKPOOL_RPM (see README, Model calls)",
+    )
+    start.add_argument(
         "--task-queue", metavar="Q", help="the workers' task queue (default: TASKPOOL_TASK_QUEUE)"
     )
     _store_option(start, "the workers' task store, where the definitions go")

@@ -91,7 +91,11 @@ class ScriptedModelServer(Startable):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # A client that hangs up (a cancelled or timed-out call) ends its request here too, as it
+        # does at a real provider, so in_flight counts only calls someone still waits for.
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port)
         await site.start()
