@@ -161,7 +161,7 @@ class AgentSettings(_Model):
     llm_heartbeat_seconds: float = Field(default=10.0, gt=0)
     llm_max_attempts: int = Field(default=8, ge=1)
     # "local" runs each model turn as a local activity inside the task's workflow task: fewer
-    # server round trips per task, for short model calls (see README "Model calls").
+    # server round trips per task, for short model calls (see README, "Local model turns").
     model_calls: ModelCalls = "activity"
 
 

@@ -117,6 +117,26 @@ async def test_local_turns_are_retried_and_fail_like_activities(
     assert "HTTP 503" in down.error.message
 
 
+async def test_one_worker_runs_as_many_local_turns_at_once_as_it_runs_model_calls(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    # A local turn holds its workflow's workflow-task slot while it runs. With the SDK's default
+    # of 100 slots, 100 turns would be the most one worker could run, whatever the batch allows.
+    # Long enough that the first calls are still running when the last task starts.
+    scripted.latency = 12.0
+    async with running_worker(client, settings, max_concurrent_activities=120):
+        handle = await start_test_batch(
+            client, settings, batch_id, documents(120), BatchOptions(concurrency=120, agent=LOCAL)
+        )
+        result = await handle.result()
+
+    assert result.counts["completed"] == 120
+    assert scripted.peak_concurrency == 120
+
+
 async def test_a_worker_with_a_requests_per_minute_limit_refuses_local_turns(
     client: Client,
     settings: Settings,

@@ -416,6 +416,7 @@ async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, st
         (["concurrency", "b", "0"], "0 is not between 1 and 1000"),
         (["retry", "b"], "one of the arguments --failed --task is required"),
         (["start", "tasks.jsonl", "--priority", "asap"], "'asap' is not one of low, normal"),
+        (["start", "tasks.jsonl", "--model-calls", "remote"], "invalid choice: 'remote'"),
         (["watch", "b", "--interval", "0"], "give between 0.1 and 3600 seconds"),
     ],
 )

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="activity",
         help="run each model call as an activity (default) or as a local activity inside the "
         "task's workflow task: fewer server round trips, for model calls of a few seconds; not "
-        "with TASKPOOL_RPM (see README, Model calls)",
+        "with TASKPOOL_RPM (see README, Local model turns)",
     )
     start.add_argument(
         "--task-queue", metavar="Q", help="the workers' task queue (default: TASKPOOL_TASK_QUEUE)"
