@@ -14,9 +14,11 @@ from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.models import (
     AgentSettings,
     BatchOptions,
+    BatchResult,
     BatchState,
     EventType,
     TaskPage,
+    TaskRecord,
     TasksQuery,
     TaskStatus,
 )
@@ -39,18 +41,20 @@ async def chat_turn_attempts(client: Client, workflow_id: str) -> list[int]:
     return attempts
 
 
-async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
+async def kill_a_worker_mid_batch(
     client: Client,
     settings: Settings,
     scripted: ScriptedModelServer,
-    store: TaskStore,
     spawn_worker: SpawnWorker,
     batch_id: str,
-) -> None:
+    options: BatchOptions,
+    tasks: int,
+) -> BatchResult:
+    """Run a batch on a worker process, SIGKILL it while model calls are in flight, and let a
+    new worker finish the batch."""
     scripted.latency = 0.5
-    specs = documents(20)
     first = spawn_worker()
-    handle = await start_test_batch(client, settings, batch_id, specs, FAST_RECOVERY)
+    handle = await start_test_batch(client, settings, batch_id, documents(tasks), options)
 
     async def some_done_and_calls_in_flight() -> None:
         status = await batch_status(client, batch_id)
@@ -60,30 +64,47 @@ async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
     await eventually(some_done_and_calls_in_flight)
     first.kill()
     spawn_worker()
-    result = await asyncio.wait_for(handle.result(), timeout=120)
+    return await asyncio.wait_for(handle.result(), timeout=120)
 
-    assert result.counts["completed"] == 20
+
+async def assert_each_completed_once(
+    store: TaskStore, scripted: ScriptedModelServer, batch_id: str, tasks: int
+) -> list[TaskRecord]:
     records = await store.list_tasks(batch_id, with_events=True)
-    assert len(records) == 20
-    requests_per_task = Counter(r.task_key for r in scripted.requests)
+    assert len(records) == tasks
     for record in records:
-        key = f"{batch_id}/{record.task_id}"
         assert record.status is TaskStatus.COMPLETED
         assert [e.type for e in record.events].count(EventType.COMPLETED) == 1
         # The stored result is the one the model sent last for this task.
-        assert record.result == scripted.completions[key][-1]
+        assert record.result == scripted.completions[f"{batch_id}/{record.task_id}"][-1]
+    return records
+
+
+async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    spawn_worker: SpawnWorker,
+    batch_id: str,
+) -> None:
+    result = await kill_a_worker_mid_batch(
+        client, settings, scripted, spawn_worker, batch_id, FAST_RECOVERY, tasks=20
+    )
+
+    assert result.counts["completed"] == 20
+    records = await assert_each_completed_once(store, scripted, batch_id, 20)
+    requests_per_task = Counter(r.task_key for r in scripted.requests)
+    retried = []
+    for record in records:
         # One recorded turn per task, and every repeated call belongs to a retry of an attempt
         # whose result history never recorded (an attempt may die before it calls the model).
-        child_id = names.task_workflow_id(batch_id, record.task_id, 1)
-        attempts = await chat_turn_attempts(client, child_id)
+        attempts = await chat_turn_attempts(
+            client, names.task_workflow_id(batch_id, record.task_id, 1)
+        )
         assert len(attempts) == 1
-        assert 1 <= requests_per_task[key] <= attempts[0]
-    retried = [
-        a
-        for r in records
-        for a in await chat_turn_attempts(client, names.task_workflow_id(batch_id, r.task_id, 1))
-        if a > 1
-    ]
+        assert 1 <= requests_per_task[f"{batch_id}/{record.task_id}"] <= attempts[0]
+        retried += [a for a in attempts if a > 1]
     assert retried, "the kill should have interrupted some calls"
 
 

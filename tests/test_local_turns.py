@@ -37,6 +37,7 @@ from tests.conftest import (
 )
 from tests.test_agent_loop import marker_names
 from tests.test_batch_e2e import documents
+from tests.test_crash import assert_each_completed_once, kill_a_worker_mid_batch
 from tests.test_starter import starter, write_jsonl
 
 LOCAL = AgentSettings(model_calls="local")
@@ -277,35 +278,19 @@ async def test_worker_killed_mid_local_turns_finishes_every_task_exactly_once(
     spawn_worker: SpawnWorker,
     batch_id: str,
 ) -> None:
-    scripted.latency = 0.5
-    first = spawn_worker()
     options = BatchOptions(
         concurrency=4, agent=AgentSettings(model_calls="local", llm_heartbeat_seconds=2)
     )
-    handle = await start_test_batch(client, settings, batch_id, documents(20), options)
-
-    async def some_done_and_calls_in_flight() -> None:
-        status = await batch_status(client, batch_id)
-        assert status.counts["completed"] >= 5
-        assert scripted.in_flight >= 1
-
-    await eventually(some_done_and_calls_in_flight)
-    first.kill()
-    spawn_worker()
-    result = await asyncio.wait_for(handle.result(), timeout=120)
+    result = await kill_a_worker_mid_batch(
+        client, settings, scripted, spawn_worker, batch_id, options, tasks=20
+    )
 
     assert result.counts["completed"] == 20
-    records = await store.list_tasks(batch_id, with_events=True)
-    assert len(records) == 20
-    requests_per_task = Counter(r.task_key for r in scripted.requests)
-    for record in records:
+    for record in await assert_each_completed_once(store, scripted, batch_id, 20):
         key = f"{batch_id}/{record.task_id}"
-        assert record.status is TaskStatus.COMPLETED
-        assert [e.type for e in record.events].count(EventType.COMPLETED) == 1
-        # What the store keeps is the reply the workflow recorded: the model's last one.
-        assert record.result == scripted.completions[key][-1]
         history = await client.get_workflow_handle(key).fetch_history()
         assert marker_names(history) == ["core_local_activity"]
+    requests_per_task = Counter(r.task_key for r in scripted.requests)
     # The turns the dead worker held were run again by the new one, from their workflow task.
     assert any(count > 1 for count in requests_per_task.values())
 
