@@ -129,6 +129,35 @@ def test_history_with_hand_overs_and_a_start_probe() -> None:
     assert "the server accepted the start" in run["probe"]
 
 
+def test_history_with_local_turns_continues_as_new_without_hand_overs() -> None:
+    out = run_bench(
+        "throughput.py",
+        "history",
+        "--history-tasks",
+        "30",
+        "--window",
+        "6",
+        "--probe-tasks",
+        "0",
+        "--continue-as-new-after",
+        "8",
+        "--model-calls",
+        "local",
+        "--no-record",
+        "--json",
+    )
+
+    [run] = sections(out)
+    assert run["completed"] == 30
+    summary = run["history"]["summary"]
+    assert summary["batch_runs"]["histories"] >= 3
+    # Every child ran its one turn inside its one workflow task, and none was handed over.
+    assert summary["children"]["histories"] == 30
+    assert summary["children"]["events_max"] == 6
+    assert "0 children confirmed a hand-over" in out
+    assert "taskpool's model calls: local activities" in out
+
+
 def test_worker_memory() -> None:
     out = run_bench(
         "throughput.py",
