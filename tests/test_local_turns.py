@@ -68,8 +68,6 @@ async def test_local_turns_run_a_batch_with_one_model_call_and_no_activity_task_
     # workflow task: started, its task scheduled, started, completed, the turn, completed.
     assert marker_names(history) == ["core_local_activity"]
     assert len(types) == 6
-    started = history.events[0].workflow_execution_started_event_attributes
-    assert started.workflow_task_timeout.ToTimedelta() == timedelta(seconds=10)
     records = await store.list_tasks(batch_id, with_events=True)
     assert {r.status for r in records} == {TaskStatus.COMPLETED}
     for record in records:
@@ -192,6 +190,10 @@ async def test_cancel_reaches_local_turns_in_flight(
     for task_id in ("doc-0", "doc-1"):
         child = client.get_workflow_handle(f"{batch_id}/{task_id}")
         assert (await child.describe()).status is WorkflowExecutionStatus.CANCELED
+        # The heartbeat setting became the child's workflow-task timeout.
+        first = (await child.fetch_history()).events[0]
+        timeout = first.workflow_execution_started_event_attributes.workflow_task_timeout
+        assert timeout.ToTimedelta() == timedelta(seconds=2)
 
     async def calls_abandoned() -> None:
         assert scripted.in_flight == 0
