@@ -105,6 +105,10 @@ class BatchWorkflow:
         self._handed_over: set[str] = set()
 
     @property
+    def _local_turns(self) -> bool:
+        return self._run.options.agent.model_calls == "local"
+
+    @property
     def _batch_id(self) -> str:
         return workflow.info().workflow_id
 
@@ -413,6 +417,11 @@ class BatchWorkflow:
     async def _tell_children_pause_state(self) -> None:
         if self._children_paused == self._run.paused:
             return
+        if self._local_turns:
+            # A child whose turns are local is never signalled (see _let_children_finish): a
+            # pause stops new tasks, and the running ones finish.
+            self._children_paused = self._run.paused
+            return
         await workflow.wait_condition(lambda: self._starting == 0)
         paused = self._run.paused
         await self._for_each_child(
@@ -455,21 +464,15 @@ class BatchWorkflow:
     async def _let_children_finish(self) -> None:
         """Wait for every child this run awaits to finish, instead of handing them over.
 
-        A child whose model turns are local activities spends its turn inside one workflow task,
-        and a signal reaching it meanwhile makes Temporal reject that task's completion: the turn
-        would run again, a second paid model call. Its children are short-lived by design, so the
-        run lets them finish (starting none) and hands nothing over. The pause state still
-        reaches them, so a paused batch's children wait; a cancellation ends the wait.
+        A child whose model turns are local activities spends its turns inside its workflow
+        task, and a signal reaching it meanwhile makes Temporal reject that task's completion:
+        the turn would run again, a second paid model call. So such a child is never signalled,
+        not even to pause (it runs to its end), and the run lets its children finish (starting
+        none) rather than hand them over. A cancellation ends the wait.
         """
-        while self._awaited and self._run.cancel_reason is None:
-            await self._tell_children_pause_state()
-            await workflow.wait_condition(
-                lambda: (
-                    not self._awaited
-                    or self._run.cancel_reason is not None
-                    or self._children_paused != self._run.paused
-                )
-            )
+        await workflow.wait_condition(
+            lambda: not self._awaited or self._run.cancel_reason is not None
+        )
 
     async def _cancel_everything(self) -> None:
         reason = self._run.cancel_reason or "cancelled"
@@ -517,7 +520,7 @@ class BatchWorkflow:
         # Every child start must be accepted before the hand-over, or the new run could not
         # find it; handlers must finish so no signal or update is lost.
         await workflow.wait_condition(lambda: self._starting == 0)
-        if self._run.options.agent.model_calls == "local":
+        if self._local_turns:
             await self._let_children_finish()
             if self._run.cancel_reason is not None:
                 return  # the run loop cancels instead
