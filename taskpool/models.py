@@ -315,7 +315,8 @@ class BatchStatus(_Model):
     paused: bool
     pause_reason: str | None = None
     # Whether every running task has been told the current pause state (a pause reaches running
-    # tasks a moment after the batch; from then on none starts another model call).
+    # tasks a moment after the batch; from then on none starts another model call). A batch with
+    # local model turns tells its tasks nothing (they finish), so it is true at once.
     pause_delivered: bool = True
     cancel_reason: str | None = None
     usage: TokenUsage

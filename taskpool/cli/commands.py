@@ -448,7 +448,7 @@ async def pause(ctx: Context, args: argparse.Namespace) -> int:
         raise signal_problem(err, info, client, consequence) from None
     ctx.say(
         f"pausing batch {info.batch_id}: no new task or model call starts; calls already running "
-        "finish",
+        "finish (with local model turns, running tasks finish)",
         f"  resume:  {render.command('resume', info.batch_id)}",
     )
     return OK
