@@ -61,6 +61,7 @@ def build_worker(
     budget covers this process only (running_worker passes the one shared through a file)."""
     if budget is None and settings.tokens_per_minute is not None:
         budget = InMemoryTokenBudget(settings.tokens_per_minute)
+    rpm = settings.requests_per_minute
     llm = LlmActivities(
         llm_client,
         default_model=settings.model,
@@ -71,13 +72,12 @@ def build_worker(
         store=store,
         local_turns_refused_because=(
             None
-            if settings.requests_per_minute is None
+            if rpm is None
             else "TASKPOOL_RPM limits requests through the task queue, which local activities "
             "bypass; start the batch with --model-calls activity"
         ),
     )
     lifecycle = LifecycleActivities(store)
-    rpm = settings.requests_per_minute
     return Worker(
         client,
         task_queue=settings.task_queue,

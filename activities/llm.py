@@ -97,11 +97,6 @@ class LlmActivities:
     @activity.defn(name=names.CHAT_TURN)
     async def chat_turn(self, request: ChatTurnRequest) -> ChatTurnResult:
         info = activity.info()
-        model = request.model or self._default_model
-        structlog.contextvars.bind_contextvars(
-            task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
-        )
-        started = time.monotonic()
         if info.is_local and self._local_turns_refused_because is not None:
             raise ApplicationError(
                 f"this worker does not run model calls as local activities: "
@@ -109,6 +104,11 @@ class LlmActivities:
                 type=names.LOCAL_TURN_REFUSED,
                 non_retryable=True,
             )
+        model = request.model or self._default_model
+        structlog.contextvars.bind_contextvars(
+            task_key=request.task_key, turn=request.turn, attempt=info.attempt, model=model
+        )
+        started = time.monotonic()
         if request.definition is not None:
             request = await self._task_turn(request, request.definition)
         try:

@@ -34,7 +34,7 @@ MAX_LOCAL_TURN_TASK_TIMEOUT = timedelta(seconds=60)
 def llm_activity_options(settings: AgentSettings) -> dict[str, Any]:
     """Options for a model turn run as an activity (`model_calls="activity"`)."""
     return {
-        **_llm_attempt_options(settings),
+        **llm_local_activity_options(settings),
         # The activity heartbeats while it waits for the model, so a crashed worker's turn is
         # retried within this, not after the whole start-to-close timeout.
         "heartbeat_timeout": timedelta(seconds=settings.llm_heartbeat_seconds),
@@ -42,10 +42,20 @@ def llm_activity_options(settings: AgentSettings) -> dict[str, Any]:
 
 
 def llm_local_activity_options(settings: AgentSettings) -> dict[str, Any]:
-    """Options for a model turn run as a local activity (`model_calls="local"`). A lost worker
-    is noticed by the task workflow's workflow-task timeout instead of heartbeats (see
-    task_workflow_task_timeout)."""
-    return _llm_attempt_options(settings)
+    """Options for a model turn run as a local activity (`model_calls="local"`), and the part
+    an activity's options share. A lost worker is noticed by the task workflow's workflow-task
+    timeout instead of heartbeats (see task_workflow_task_timeout)."""
+    return {
+        # A little above the HTTP timeout, so the client's own timeout is what normally fires
+        # and becomes a clear, retryable error.
+        "start_to_close_timeout": timedelta(seconds=settings.llm_timeout_seconds + 15),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=60),
+            maximum_attempts=settings.llm_max_attempts,
+        ),
+    }
 
 
 def task_workflow_task_timeout(settings: AgentSettings) -> timedelta | None:
@@ -59,17 +69,3 @@ def task_workflow_task_timeout(settings: AgentSettings) -> timedelta | None:
         return None
     wanted = timedelta(seconds=settings.llm_heartbeat_seconds)
     return min(max(wanted, MIN_LOCAL_TURN_TASK_TIMEOUT), MAX_LOCAL_TURN_TASK_TIMEOUT)
-
-
-def _llm_attempt_options(settings: AgentSettings) -> dict[str, Any]:
-    return {
-        # A little above the HTTP timeout, so the client's own timeout is what normally fires
-        # and becomes a clear, retryable error.
-        "start_to_close_timeout": timedelta(seconds=settings.llm_timeout_seconds + 15),
-        "retry_policy": RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=2.0,
-            maximum_interval=timedelta(seconds=60),
-            maximum_attempts=settings.llm_max_attempts,
-        ),
-    }
