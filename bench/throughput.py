@@ -94,8 +94,8 @@ from taskpool.models import (
     TaskSpec,
 )
 from taskpool.packing import pack
-from taskpool.scheduling import TaskEntry
 from taskpool.scripted import ScriptedModelServer
+from taskpool.task_columns import TaskEntry
 from taskpool.temporal import connect
 
 MODEL = "scripted-model"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,8 +32,9 @@ from taskpool.models import (
     TaskView,
 )
 from taskpool.packing import pack
-from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
+from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
 from taskpool.store import TaskStore, opened_store
+from taskpool.task_columns import STATUS_BY_CODE, TaskColumns, TaskEntry
 
 # TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
 
@@ -68,7 +69,7 @@ def batch_run(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) ->
     """The batch's start input with every task `pending`, for the batch's first run to settle
     (start_batch settles them itself); BatchTooLargeError when it would not fit Temporal's
     limits."""
-    return _packed_run(_entries(tasks), options, settled=False)
+    return _packed_run(TaskColumns.from_entries(_entries(tasks)), options, settled=False)
 
 
 def _entries(tasks: Sequence[TaskSpec]) -> list[TaskEntry]:
@@ -77,13 +78,11 @@ def _entries(tasks: Sequence[TaskSpec]) -> list[TaskEntry]:
     return [TaskEntry.from_spec(spec) for spec in tasks]
 
 
-def _packed_run(
-    entries: list[TaskEntry], options: BatchOptions | None, *, settled: bool
-) -> BatchRun:
-    run = BatchRun(tasks=pack(entries), options=options or BatchOptions(), registered=settled)
+def _packed_run(columns: TaskColumns, options: BatchOptions | None, *, settled: bool) -> BatchRun:
+    run = BatchRun(tasks=pack(columns), options=options or BatchOptions(), registered=settled)
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
-        raise BatchTooLargeError.by_size(size, len(entries))
+        raise BatchTooLargeError.by_size(size, len(columns))
     return run
 
 
@@ -93,14 +92,20 @@ async def register_definitions(
     tasks: Sequence[TaskSpec],
     first_status: Mapping[str, TaskStatus],
     at: datetime,
+    *,
+    on_progress: Callable[[int], None] | None = None,
 ) -> None:
     """Write the batch's task definitions to the store, where its task workflows read them, each
     with its first status. Idempotent: a task the store already has for this batch is left as it
-    is."""
+    is. `on_progress` hears how many are written after each group."""
+    written = 0
     for request in RegisterTasksRequest.in_groups(
         batch_id, tasks, first_status, at, REGISTER_CHUNK
     ):
         await store.register_tasks(request)
+        written += len(request.tasks)
+        if on_progress is not None:
+            on_progress(written)
 
 
 @dataclass(frozen=True)
@@ -117,14 +122,19 @@ class PreparedBatch:
 def prepare_batch(tasks: Sequence[TaskSpec], options: BatchOptions | None = None) -> PreparedBatch:
     """BatchTooLargeError when the batch would not fit Temporal's limits; needs no server, so a
     starter can refuse a file before it connects anywhere."""
-    entries = _entries(tasks)
+    table = TaskTable(_entries(tasks))
     at = datetime.now(UTC)
     # Registered with their first statuses, tasks start at the first run's first workflow task:
     # for a large batch, writing every first status from the workflow took tens of seconds before
     # any task ran.
-    TaskTable(entries).settle_pending(at)
-    run = _packed_run(entries, options, settled=True)
-    return PreparedBatch(tasks, run, {entry.id: entry.status for entry in entries}, at)
+    table.settle_pending(at)
+    columns = table.columns
+    run = _packed_run(columns, options, settled=True)
+    first_status = {
+        task_id: STATUS_BY_CODE[code]
+        for task_id, code in zip(columns.ids, columns.status, strict=True)
+    }
+    return PreparedBatch(tasks, run, first_status, at)
 
 
 async def start_batch(
@@ -158,11 +168,20 @@ async def start_prepared(
     task_queue: str,
     store: TaskStore | str,
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    on_progress: Callable[[int], None] | None = None,
 ) -> WorkflowHandle[object, BatchResult]:
-    """start_batch for a batch prepared (checked and packed) beforehand."""
+    """start_batch for a batch prepared (checked and packed) beforehand; `on_progress` hears how
+    many definitions are in the store as they are written."""
     opening = opened_store(store) if isinstance(store, str) else contextlib.nullcontext(store)
     async with opening as opened:
-        await register_definitions(opened, batch_id, batch.tasks, batch.first_status, batch.at)
+        await register_definitions(
+            opened,
+            batch_id,
+            batch.tasks,
+            batch.first_status,
+            batch.at,
+            on_progress=on_progress,
+        )
     return await client.start_workflow(
         names.BATCH_WORKFLOW,
         batch.run,

@@ -17,27 +17,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from taskpool.models import PackedTasks, Priority, TaskError, TaskStatus
-from taskpool.scheduling import IN_FLIGHT_STATUSES, TaskEntry
+from taskpool.models import PackedTasks, TaskError, TaskStatus
+from taskpool.scheduling import IN_FLIGHT_STATUSES
+from taskpool.task_columns import (
+    PRIORITY_BY_CODE,
+    STATUS_BY_CODE,
+    STATUS_CODES,
+    TaskColumns,
+    TaskEntry,
+)
 
 ENCODING = "json+lzma+base64/1"
 # The fastest preset: packing runs inside a workflow task, where seconds matter more than bytes.
 LZMA_PRESET = 0
 
-_STATUS_CODES = {
-    TaskStatus.PENDING: "p",
-    TaskStatus.SCHEDULED: "s",
-    TaskStatus.QUEUED: "q",
-    TaskStatus.ASSIGNED: "a",
-    TaskStatus.IN_PROGRESS: "i",
-    TaskStatus.BLOCKED: "b",
-    TaskStatus.REVIEW: "r",
-    TaskStatus.COMPLETED: "c",
-    TaskStatus.FAILED: "f",
-    TaskStatus.CANCELLED: "x",
-}
-_STATUS_BY_CODE = {code: status for status, code in _STATUS_CODES.items()}
-_PRIORITY_BY_CODE = {str(priority.rank): priority for priority in Priority}
+_KEEPS_DUE_TIME = bytes(STATUS_CODES[s] for s in (TaskStatus.PENDING, TaskStatus.SCHEDULED))
+_KEEPS_START_TIME = bytes(STATUS_CODES[s] for s in IN_FLIGHT_STATUSES)
+_STATUS_CHARACTERS = bytes(STATUS_BY_CODE)
+_PRIORITY_CHARACTERS = bytes(PRIORITY_BY_CODE)
 
 
 class PackingError(ValueError):
@@ -48,107 +45,105 @@ class PackingError(ValueError):
 DETAILS_IN_STORE = "details are in the task store"
 
 
-def pack(entries: Sequence[TaskEntry], *, limit_bytes: int | None = None) -> PackedTasks:
+def pack(
+    tasks: TaskColumns | Sequence[TaskEntry], *, limit_bytes: int | None = None
+) -> PackedTasks:
     """The packed state. Over `limit_bytes` (many failures with long, varied messages), it is
     packed again without error messages and reasons, which the task store keeps anyway: a state
     too large to carry would stop the batch at its next continue-as-new."""
-    packed = _pack(entries, details=True)
+    columns = tasks if isinstance(tasks, TaskColumns) else TaskColumns.from_entries(tasks)
+    packed = _pack(columns, details=True)
     if limit_bytes is not None and len(packed.data) > limit_bytes:
-        packed = _pack(entries, details=False)
+        packed = _pack(columns, details=False)
     return packed
 
 
-def _pack(entries: Sequence[TaskEntry], *, details: bool) -> PackedTasks:
-    ordinal = {entry.id: index for index, entry in enumerate(entries)}
-    retries: dict[int, int] = {}
-    depends_on: dict[int, list[int | str]] = {}
-    due: dict[int, str] = {}
-    errors: dict[int, dict[str, Any]] = {}
-    reasons: dict[int, str] = {}
-    started: dict[int, str] = {}
-    for index, entry in enumerate(entries):
-        if entry.retry_count:
-            retries[index] = entry.retry_count
-        if entry.depends_on:
-            # An id the batch does not know (yet) stays an id.
-            depends_on[index] = [ordinal.get(dep, dep) for dep in entry.depends_on]
-        if entry.scheduled_for is not None and entry.status in (
-            TaskStatus.PENDING,
-            TaskStatus.SCHEDULED,
-        ):
-            due[index] = entry.scheduled_for.isoformat()
-        if entry.error is not None:
-            error = (
-                entry.error
-                if details
-                else entry.error.model_copy(update={"message": DETAILS_IN_STORE})
-            )
-            errors[index] = error.model_dump()
-        if entry.status_reason is not None and details:
-            reasons[index] = entry.status_reason
-        if entry.started_at is not None and entry.status in IN_FLIGHT_STATUSES:
-            started[index] = entry.started_at.isoformat()
+def _pack(columns: TaskColumns, *, details: bool) -> PackedTasks:
+    status, position = columns.status, columns.position
+    due = {
+        index: at.isoformat()
+        for index, at in sorted(columns.scheduled_for.items())
+        if status[index] in _KEEPS_DUE_TIME
+    }
+    started = {
+        index: at.isoformat()
+        for index, at in sorted(columns.started_at.items())
+        if status[index] in _KEEPS_START_TIME
+    }
+    errors = {
+        index: (
+            error if details else error.model_copy(update={"message": DETAILS_IN_STORE})
+        ).model_dump()
+        for index, error in sorted(columns.errors.items())
+    }
     document = {
-        "ids": [entry.id for entry in entries],
-        "status": "".join(_STATUS_CODES[entry.status] for entry in entries),
-        "priority": "".join(str(entry.priority.rank) for entry in entries),
-        "attempts": [entry.attempts for entry in entries],
-        "retries": retries,
-        "depends_on": depends_on,
+        "ids": columns.ids,
+        "status": status.decode("ascii"),
+        "priority": columns.priority.decode("ascii"),
+        "attempts": columns.attempts,
+        "retries": dict(sorted(columns.retries.items())),
+        # An id the batch does not know (yet) stays an id.
+        "depends_on": {
+            index: [position.get(dep, dep) for dep in deps]
+            for index, deps in sorted(columns.depends_on.items())
+        },
         "due": due,
         "errors": errors,
-        "reasons": reasons,
+        "reasons": dict(sorted(columns.reasons.items())) if details else {},
         "started": started,
     }
     raw = json.dumps(document, separators=(",", ":")).encode()
     data = base64.b64encode(lzma.compress(raw, preset=LZMA_PRESET)).decode("ascii")
-    return PackedTasks(encoding=ENCODING, count=len(entries), data=data)
+    return PackedTasks(encoding=ENCODING, count=len(columns), data=data)
 
 
-def unpack(packed: PackedTasks) -> list[TaskEntry]:
+def unpack(packed: PackedTasks) -> TaskColumns:
     if packed.count == 0 and not packed.data:
-        return []
+        return TaskColumns()
     if packed.encoding != ENCODING:
         raise PackingError(f"unknown task state encoding {packed.encoding!r}")
     try:
-        return _entries(json.loads(lzma.decompress(base64.b64decode(packed.data))), packed.count)
+        document = json.loads(lzma.decompress(base64.b64decode(packed.data)))
+        return _columns(document, packed.count)
     except PackingError:
         raise
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, lzma.LZMAError) as err:
         raise PackingError(f"the packed task state cannot be read: {err!r}") from err
 
 
-def _entries(document: dict[str, Any], count: int) -> list[TaskEntry]:
+def _columns(document: dict[str, Any], count: int) -> TaskColumns:
     ids: list[str] = document["ids"]
-    statuses: str = document["status"]
-    priorities: str = document["priority"]
+    status = bytearray(document["status"], "ascii")
+    priority = bytearray(document["priority"], "ascii")
     attempts: list[int] = document["attempts"]
-    if not len(ids) == len(statuses) == len(priorities) == len(attempts) == count:
+    if not len(ids) == len(status) == len(priority) == len(attempts) == count:
         raise PackingError("the packed task state's columns disagree in length")
-    # The dense columns first, in one pass; the sparse maps touch only the tasks they name. A new
-    # run rebuilds its table inside one workflow task, so this is on the clock.
-    status_by_code, priority_by_code = _STATUS_BY_CODE, _PRIORITY_BY_CODE
-    entries = [
-        TaskEntry(task_id, priority_by_code[priority], (), None, status_by_code[status], tries)
-        for task_id, priority, status, tries in zip(
-            ids, priorities, statuses, attempts, strict=True
-        )
-    ]
-    for index, retry_count in _sparse(document, "retries").items():
-        entries[index].retry_count = retry_count
-    for index, deps in _sparse(document, "depends_on").items():
-        entries[index].depends_on = tuple(dep if isinstance(dep, str) else ids[dep] for dep in deps)
-    for index, due in _sparse(document, "due").items():
-        entries[index].scheduled_for = datetime.fromisoformat(due)
-    for index, error in _sparse(document, "errors").items():
-        entries[index].error = TaskError.model_validate(error)
-    for index, reason in _sparse(document, "reasons").items():
-        entries[index].status_reason = reason
-    for index, started_at in _sparse(document, "started").items():
-        entries[index].started_at = datetime.fromisoformat(started_at)
-    return entries
+    # Columns are checked and converted in C: this runs inside a workflow task, on the clock.
+    if status.translate(None, _STATUS_CHARACTERS) or priority.translate(None, _PRIORITY_CHARACTERS):
+        raise PackingError("the packed task state has an unknown status or priority code")
+    due = _sparse(document, "due", count)
+    errors = _sparse(document, "errors", count)
+    started = _sparse(document, "started", count)
+    return TaskColumns(
+        ids=ids,
+        status=status,
+        priority=priority,
+        attempts=attempts,
+        retries=_sparse(document, "retries", count),
+        depends_on={
+            index: tuple(dep if isinstance(dep, str) else ids[dep] for dep in deps)
+            for index, deps in _sparse(document, "depends_on", count).items()
+        },
+        scheduled_for={index: datetime.fromisoformat(at) for index, at in due.items()},
+        errors={index: TaskError.model_validate(error) for index, error in errors.items()},
+        reasons=_sparse(document, "reasons", count),
+        started_at={index: datetime.fromisoformat(at) for index, at in started.items()},
+    )
 
 
-def _sparse(document: dict[str, Any], name: str) -> dict[int, Any]:
-    # JSON object keys are strings; the ordinals were ints.
-    return {int(key): value for key, value in document.get(name, {}).items()}
+def _sparse(document: dict[str, Any], name: str, count: int) -> dict[int, Any]:
+    # JSON object keys are strings; the positions were ints.
+    sparse = {int(key): value for key, value in document.get(name, {}).items()}
+    if any(not 0 <= index < count for index in sparse):
+        raise PackingError(f"the packed task state's {name} name a task past the end")
+    return sparse

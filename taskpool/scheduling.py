@@ -13,13 +13,11 @@ from __future__ import annotations
 import heapq
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 
 from taskpool.lifecycle import transition
 from taskpool.models import (
     TERMINAL_STATUSES,
-    Priority,
     TaskError,
     TaskOutcome,
     TaskSpec,
@@ -27,80 +25,66 @@ from taskpool.models import (
     TaskView,
     TokenUsage,
 )
+from taskpool.task_columns import (
+    PRIORITY_BY_CODE,
+    STATUS_BY_CODE,
+    STATUS_CODES,
+    TaskColumns,
+    TaskEntry,
+    TaskRow,
+    put_sparse,
+)
 
 S = TaskStatus
 # A batch rebuilds its table from the packed state at each continue-as-new, inside one workflow
-# task, which the SDK fails as a deadlock after 2 s without a yield. About 3.5 µs per task here:
-# 100,000 tasks take about 0.35 s, with room for a loaded machine. Larger work runs as several
-# batches (README, "Scale").
-MAX_TASKS_PER_BATCH = 100_000
+# task, which the SDK fails as a deadlock after 2 s without a yield. The columns take about
+# 0.5 s for a million tasks here (`bench/scale.py`), which leaves room for a loaded machine.
+MAX_TASKS_PER_BATCH = 1_000_000
 IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
 RECENT_FAILURES = 5
 
-
-@dataclass(slots=True)
-class TaskEntry:
-    """What the batch keeps per task: enough to schedule and to answer queries, and no more, so
-    a batch of a million tasks fits in memory and (packed) in one payload. The definition
-    (input, label, kind, metadata), results, usage and timestamps live in the task store."""
-
-    id: str
-    priority: Priority = Priority.NORMAL
-    depends_on: tuple[str, ...] = ()
-    scheduled_for: datetime | None = None
-    status: TaskStatus = TaskStatus.PENDING
-    attempts: int = 0
-    retry_count: int = 0
-    error: TaskError | None = None
-    status_reason: str | None = None
-    # When the batch started the task's current attempt; kept while it runs, for watchers.
-    started_at: datetime | None = None
-
-    @classmethod
-    def from_spec(cls, spec: TaskSpec) -> TaskEntry:
-        return cls(
-            id=spec.id,
-            priority=spec.priority,
-            depends_on=tuple(spec.depends_on),
-            scheduled_for=spec.scheduled_for,
-        )
+_QUEUED = STATUS_CODES[S.QUEUED]
+_SCHEDULED = STATUS_CODES[S.SCHEDULED]
 
 
 class TaskTable:
     def __init__(
         self,
-        entries: Iterable[TaskEntry],
+        tasks: TaskColumns | Iterable[TaskEntry],
         *,
         usage: TokenUsage | None = None,
         llm_calls: int = 0,
         recent_failures: Iterable[str] = (),
     ) -> None:
-        # Built in bulk rather than task by task: a new run rebuilds the whole table inside one
+        # Built from columns with C-speed passes: a new run rebuilds the whole table inside one
         # workflow task, and this is most of that work.
-        self.entries: list[TaskEntry] = list(entries)
-        self._by_id: dict[str, TaskEntry] = {entry.id: entry for entry in self.entries}
-        if len(self._by_id) != len(self.entries):
-            counted = Counter(entry.id for entry in self.entries)
-            duplicate = next(task_id for task_id, n in counted.items() if n > 1)
-            raise ValueError(f"task id {duplicate!r} is already in the batch")
-        self._order: dict[str, int] = dict(zip(self._by_id, range(len(self.entries)), strict=True))
-        self._dependents: dict[str, list[str]] = {}
-        for entry in self.entries:
-            for dependency in entry.depends_on:
-                self._dependents.setdefault(dependency, []).append(entry.id)
-        self._ready: list[tuple[int, int, str]] = [
-            _ready_item(entry, order)
-            for order, entry in enumerate(self.entries)
-            if entry.status is S.QUEUED
-        ]
-        heapq.heapify(self._ready)
-        self._scheduled: list[tuple[datetime, int, str]] = [
-            (entry.scheduled_for, order, entry.id)
-            for order, entry in enumerate(self.entries)
-            if entry.status is S.SCHEDULED and entry.scheduled_for is not None
+        columns = tasks if isinstance(tasks, TaskColumns) else TaskColumns.from_entries(tasks)
+        self.columns = columns
+        status = columns.status
+        # Tasks waiting on each id, by position.
+        self._dependents: dict[str, list[int]] = {}
+        for index, dependencies in sorted(columns.depends_on.items()):
+            for dependency in dependencies:
+                self._dependents.setdefault(dependency, []).append(index)
+        # Queued tasks by priority code, each a heap of positions: ready tasks run by priority
+        # (highest first), then in the order they were added. Entries go stale when a task
+        # leaves `queued`; they are skipped when met.
+        self._ready: dict[int, list[int]] = {code: [] for code in sorted(PRIORITY_BY_CODE)}
+        priority = columns.priority
+        for index in columns.positions_with(S.QUEUED):
+            self._ready[priority[index]].append(index)
+        self._scheduled: list[tuple[datetime, int]] = [
+            (due, index)
+            for index, due in columns.scheduled_for.items()
+            if status[index] == _SCHEDULED
         ]
         heapq.heapify(self._scheduled)
-        self.counts: Counter[TaskStatus] = Counter(entry.status for entry in self.entries)
+        self.counts: Counter[TaskStatus] = Counter(
+            {task_status: status.count(code) for task_status, code in STATUS_CODES.items()}
+        )
+        self._in_flight: set[int] = {
+            index for running in IN_FLIGHT_STATUSES for index in columns.positions_with(running)
+        }
         self.usage = usage or TokenUsage()
         self.llm_calls = llm_calls
         # The latest failures, newest last, so a status needs no scan of the whole table.
@@ -109,27 +93,40 @@ class TaskTable:
     # --- reading ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.columns)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._by_id
+        return task_id in self.columns.position
 
-    def get(self, task_id: str) -> TaskEntry | None:
-        return self._by_id.get(task_id)
+    def get(self, task_id: str) -> TaskRow | None:
+        index = self.columns.position.get(task_id)
+        return None if index is None else TaskRow(self.columns, index)
+
+    def _row(self, index: int) -> TaskRow:
+        return TaskRow(self.columns, index)
+
+    def _by_id(self, task_id: str) -> TaskRow:
+        return TaskRow(self.columns, self.columns.position[task_id])
 
     @property
     def in_flight(self) -> int:
-        return sum(self.counts[status] for status in IN_FLIGHT_STATUSES)
+        return len(self._in_flight)
 
     @property
     def finished_count(self) -> int:
         return sum(self.counts[status] for status in TERMINAL_STATUSES)
 
-    def in_flight_entries(self) -> list[TaskEntry]:
-        return [entry for entry in self.entries if entry.status in IN_FLIGHT_STATUSES]
+    def in_flight_entries(self) -> list[TaskRow]:
+        """The running tasks, in the order they were added."""
+        return [self._row(index) for index in sorted(self._in_flight)]
 
-    def with_status(self, status: TaskStatus | None) -> Iterator[TaskEntry]:
-        return (e for e in self.entries if status is None or e.status is status)
+    def with_status(self, status: TaskStatus | None) -> Iterator[TaskRow]:
+        if status is None:
+            return (self._row(index) for index in range(len(self.columns)))
+        return (self._row(index) for index in self.columns.positions_with(status))
+
+    def count_with(self, status: TaskStatus | None) -> int:
+        return len(self.columns) if status is None else self.counts[status]
 
     def count_map(self) -> dict[str, int]:
         return {status.value: self.counts[status] for status in TaskStatus}
@@ -145,21 +142,19 @@ class TaskTable:
 
     def add(self, specs: Iterable[TaskSpec], now: datetime) -> dict[str, TaskStatus]:
         """Add new tasks and move each out of `pending`; returns their first status."""
-        added = [TaskEntry.from_spec(spec) for spec in specs]
-        for entry in added:
-            self._index(entry)
+        added = [self._index(TaskEntry.from_spec(spec)) for spec in specs]
         for entry in added:
             self._settle_new(entry, now)
         return {entry.id: entry.status for entry in added}
 
-    def settle_pending(self, now: datetime) -> list[TaskEntry]:
+    def settle_pending(self, now: datetime) -> list[TaskRow]:
         """Move every `pending` task to its first status (a batch's first run does this)."""
         pending = list(self.with_status(S.PENDING))
         for entry in pending:
             self._settle_new(entry, now)
         return pending
 
-    def _settle_new(self, entry: TaskEntry, now: datetime) -> None:
+    def _settle_new(self, entry: TaskRow, now: datetime) -> None:
         due = entry.scheduled_for
         if due is not None and due > now:
             self._move(entry, S.SCHEDULED)
@@ -171,85 +166,90 @@ class TaskTable:
     # --- choosing what runs -----------------------------------------------------------------------
 
     def next_due(self) -> datetime | None:
+        status = self.columns.status
         while self._scheduled:
-            due, _, task_id = self._scheduled[0]
-            if self._by_id[task_id].status is S.SCHEDULED:
+            due, index = self._scheduled[0]
+            if status[index] == _SCHEDULED:
                 return due
             heapq.heappop(self._scheduled)
         return None
 
-    def release_due(self, now: datetime) -> list[TaskEntry]:
+    def release_due(self, now: datetime) -> list[TaskRow]:
         """Queue (or block) scheduled tasks whose time has come."""
         released = []
         while (due := self.next_due()) is not None and due <= now:
-            _, _, task_id = heapq.heappop(self._scheduled)
-            entry = self._by_id[task_id]
+            _, index = heapq.heappop(self._scheduled)
+            entry = self._row(index)
             self._move(entry, S.QUEUED)
             if self._unmet_dependencies(entry):
                 self._move(entry, S.BLOCKED)
             released.append(entry)
         return released
 
-    def take_ready(self, limit: int) -> list[TaskEntry]:
+    def take_ready(self, limit: int) -> list[TaskRow]:
         """Up to `limit` queued tasks in run order, marked assigned with a new attempt."""
-        taken: list[TaskEntry] = []
-        while self._ready and len(taken) < limit:
-            _, _, task_id = heapq.heappop(self._ready)
-            entry = self._by_id[task_id]
-            if entry.status is not S.QUEUED:
-                continue
-            self._move(entry, S.ASSIGNED)
-            entry.attempts += 1
-            entry.error = None
-            entry.status_reason = None
-            taken.append(entry)
+        taken: list[TaskRow] = []
+        columns = self.columns
+        for code in sorted(self._ready, reverse=True):
+            ready = self._ready[code]
+            while ready and len(taken) < limit:
+                index = heapq.heappop(ready)
+                if columns.status[index] != _QUEUED:
+                    continue
+                entry = self._row(index)
+                self._move(entry, S.ASSIGNED)
+                columns.attempts[index] += 1
+                columns.errors.pop(index, None)
+                columns.reasons.pop(index, None)
+                taken.append(entry)
         return taken
 
     def has_ready(self) -> bool:
-        return any(self._by_id[task_id].status is S.QUEUED for _, _, task_id in self._ready)
+        status = self.columns.status
+        return any(status[index] == _QUEUED for ready in self._ready.values() for index in ready)
 
     # --- outcomes and commands --------------------------------------------------------------------
 
-    def accept_outcome(self, outcome: TaskOutcome, now: datetime) -> list[TaskEntry] | None:
+    def accept_outcome(self, outcome: TaskOutcome, now: datetime) -> list[TaskRow] | None:
         """Apply a child's report. Returns the tasks whose status changed as a consequence
         (dependents), or None when the report is stale or a duplicate and was ignored."""
-        entry = self._by_id.get(outcome.task_id)
-        if entry is None or entry.status not in IN_FLIGHT_STATUSES:
+        entry = self.get(outcome.task_id)
+        if entry is None or entry.index not in self._in_flight:
             return None
         if outcome.attempt != entry.attempts or not outcome.status.is_terminal:
             return None
         # The child enforced the lifecycle on its side (assigned, in_progress, ...); the batch
         # mirrors where it ended.
         self._set(entry, outcome.status)
-        entry.error = _compact_error(outcome.error)
+        put_sparse(self.columns.errors, entry.index, _compact_error(outcome.error))
         self.usage = self.usage + outcome.usage
         self.llm_calls += outcome.llm_calls
         if outcome.status is S.FAILED:
             self.recent_failures.append(entry.id)
         return self._after_finish(entry, now)
 
-    def cancel(self, entry: TaskEntry, reason: str, now: datetime) -> list[TaskEntry]:
+    def cancel(self, entry: TaskRow, reason: str, now: datetime) -> list[TaskRow]:
         """Cancel a task that is not running; returns every task cancelled (with dependents)."""
         self._move(entry, S.CANCELLED)
         entry.status_reason = reason
         return [entry, *self._after_finish(entry, now)]
 
-    def retry(self, entry: TaskEntry) -> list[TaskEntry]:
+    def retry(self, entry: TaskRow) -> list[TaskRow]:
         """Queue a failed task again; returns the tasks whose status changed."""
         self._move(entry, S.QUEUED)
-        entry.retry_count += 1
-        entry.error = None
+        self.columns.retries[entry.index] = entry.retry_count + 1
+        self.columns.errors.pop(entry.index, None)
         entry.status_reason = None
         if self._unmet_dependencies(entry):
             self._move(entry, S.BLOCKED)
         return [entry]
 
-    def cancel_blocked_for_good(self, now: datetime) -> list[TaskEntry]:
+    def cancel_blocked_for_good(self, now: datetime) -> list[TaskRow]:
         stuck = [e for e in self.with_status(S.BLOCKED) if self._blocked_for_good(e)]
-        cancelled: list[TaskEntry] = []
+        cancelled: list[TaskRow] = []
         for entry in stuck:
             if entry.status is S.BLOCKED:
-                failed = [d for d in entry.depends_on if self._by_id[d].status is S.FAILED]
+                failed = [d for d in entry.depends_on if self._by_id(d).status is S.FAILED]
                 cancelled += self.cancel(entry, f"dependency {', '.join(failed)} failed", now)
         return cancelled
 
@@ -257,10 +257,10 @@ class TaskTable:
 
     def recent_failure_views(self) -> list[TaskView]:
         """The latest failures that are still failed (a retry takes a task off), newest first."""
-        entries = (self._by_id[task_id] for task_id in reversed(self.recent_failures))
+        entries = (self._by_id(task_id) for task_id in reversed(self.recent_failures))
         return [self.view(e) for e in entries if e.status is S.FAILED]
 
-    def view(self, entry: TaskEntry) -> TaskView:
+    def view(self, entry: TaskRow) -> TaskView:
         return TaskView(
             id=entry.id,
             priority=entry.priority,
@@ -275,49 +275,54 @@ class TaskTable:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _index(self, entry: TaskEntry) -> None:
-        task_id = entry.id
-        if task_id in self._by_id:
-            raise ValueError(f"task id {task_id!r} is already in the batch")
-        self._order[task_id] = len(self.entries)
-        self.entries.append(entry)
-        self._by_id[task_id] = entry
+    def _index(self, entry: TaskEntry) -> TaskRow:
+        index = self.columns.append(entry)
         for dependency in entry.depends_on:
-            self._dependents.setdefault(dependency, []).append(task_id)
+            self._dependents.setdefault(dependency, []).append(index)
         self.counts[entry.status] += 1
-        self._track(entry)
+        row = self._row(index)
+        self._track(row)
+        return row
 
-    def _move(self, entry: TaskEntry, target: TaskStatus) -> None:
+    def _move(self, entry: TaskRow, target: TaskStatus) -> None:
         self._set(entry, transition(entry.id, entry.status, target))
 
-    def _set(self, entry: TaskEntry, status: TaskStatus) -> None:
-        self.counts[entry.status] -= 1
-        entry.status = status
+    def _set(self, entry: TaskRow, status: TaskStatus) -> None:
+        index = entry.index
+        self.counts[STATUS_BY_CODE[self.columns.status[index]]] -= 1
+        self.columns.status[index] = STATUS_CODES[status]
         self.counts[status] += 1
         self._track(entry)
 
-    def _track(self, entry: TaskEntry) -> None:
-        order = self._order[entry.id]
-        if entry.status is S.QUEUED:
-            heapq.heappush(self._ready, _ready_item(entry, order))
-        elif entry.status is S.SCHEDULED and entry.scheduled_for is not None:
-            heapq.heappush(self._scheduled, (entry.scheduled_for, order, entry.id))
+    def _track(self, entry: TaskRow) -> None:
+        index, status = entry.index, entry.status
+        if status in IN_FLIGHT_STATUSES:
+            self._in_flight.add(index)
+        else:
+            self._in_flight.discard(index)
+        if status is S.QUEUED:
+            heapq.heappush(self._ready[self.columns.priority[index]], index)
+        elif status is S.SCHEDULED and (due := entry.scheduled_for) is not None:
+            heapq.heappush(self._scheduled, (due, index))
 
-    def _unmet_dependencies(self, entry: TaskEntry) -> list[str]:
+    def _unmet_dependencies(self, entry: TaskRow) -> list[str]:
+        position, status = self.columns.position, self.columns.status
+        completed = STATUS_CODES[S.COMPLETED]
         return [
             dependency
             for dependency in entry.depends_on
-            if dependency not in self._by_id or self._by_id[dependency].status is not S.COMPLETED
+            if dependency not in position or status[position[dependency]] != completed
         ]
 
-    def _blocked_for_good(self, entry: TaskEntry) -> bool:
+    def _blocked_for_good(self, entry: TaskRow) -> bool:
         """Blocked on a failed dependency that nothing will rerun."""
-        return any(self._by_id[d].status is S.FAILED for d in entry.depends_on if d in self._by_id)
+        position = self.columns.position
+        return any(self._by_id(d).status is S.FAILED for d in entry.depends_on if d in position)
 
-    def _after_finish(self, finished: TaskEntry, now: datetime) -> list[TaskEntry]:
-        changed: list[TaskEntry] = []
-        for task_id in self._dependents.get(finished.id, []):
-            dependent = self._by_id[task_id]
+    def _after_finish(self, finished: TaskRow, now: datetime) -> list[TaskRow]:
+        changed: list[TaskRow] = []
+        for index in self._dependents.get(finished.id, []):
+            dependent = self._row(index)
             if dependent.status is not S.BLOCKED:
                 continue
             if finished.status is S.CANCELLED:
@@ -327,11 +332,6 @@ class TaskTable:
                 self._move(dependent, S.QUEUED)
                 changed.append(dependent)
         return changed
-
-
-def _ready_item(entry: TaskEntry, order: int) -> tuple[int, int, str]:
-    """Ready tasks run by priority (highest first), then in the order they were added."""
-    return (-entry.priority.rank, order, entry.id)
 
 
 # An error's message is for people reading a status; the store keeps it whole. The batch keeps a

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -153,6 +153,16 @@ async def eventually(
             if time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+async def wait_until_child_cancelled(client: Client, child_id: str) -> None:
+    """A cancelled child reports to its batch before it closes, so the batch can end first."""
+
+    async def cancelled() -> None:
+        description = await client.get_workflow_handle(child_id).describe()
+        assert description.status is WorkflowExecutionStatus.CANCELED
+
+    await eventually(cancelled)
 
 
 async def wait_until_completed(client: Client, batch_id: str, at_least: int) -> None:

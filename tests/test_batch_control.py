@@ -6,7 +6,8 @@ import asyncio
 from collections import Counter
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
@@ -32,8 +33,14 @@ from taskpool.models import (
 from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import eventually, start_test_batch, wait_until_completed
+from tests.conftest import (
+    eventually,
+    start_test_batch,
+    wait_until_child_cancelled,
+    wait_until_completed,
+)
 from tests.test_batch_e2e import documents
+from workflows.batch import CANCEL_GROUP
 
 
 async def test_pause_stops_new_model_calls_until_resume(
@@ -130,13 +137,48 @@ async def test_cancel_stops_running_children_and_cancels_queued_tasks(
     assert reasons == {"wrong prompt": 8}
     for view in page.items:
         if view.attempts:
-            child = client.get_workflow_handle(f"{batch_id}/{view.id}")
-            assert (await child.describe()).status is WorkflowExecutionStatus.CANCELED
+            await wait_until_child_cancelled(client, f"{batch_id}/{view.id}")
     assert sum(1 for view in page.items if view.attempts) == 3
     records = await store.list_tasks(batch_id, with_events=True)
     assert {r.status for r in records} == {TaskStatus.CANCELLED}
     assert all(r.events[-1].type is EventType.CANCELLED for r in records)
     assert scripted.total_requests == 3
+
+
+async def test_cancelling_more_tasks_than_one_group_reaches_every_task(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    # The batch writes what a cancellation did to the store between groups of tasks, so that a
+    # batch of a million cancels in many workflow tasks; every task must still be reached once.
+    scripted.latency = 30
+    count = CANCEL_GROUP + 1_500
+    specs = [TaskSpec(id=f"t{i:05d}", input="x") for i in range(count)]
+    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))
+
+    async def two_calls_running() -> None:
+        assert scripted.in_flight == 2
+
+    await eventually(two_calls_running)
+    await cancel_batch(client, batch_id, reason="too many")
+    result = await handle.result()
+
+    assert result.counts["cancelled"] == count
+    records = await store.list_tasks(batch_id, with_events=True)
+    assert len(records) == count
+    assert {r.status for r in records} == {TaskStatus.CANCELLED}
+    cancelled_events = Counter(
+        sum(1 for e in r.events if e.type is EventType.CANCELLED) for r in records
+    )
+    assert cancelled_events == {1: count}
+    history = await handle.fetch_history()
+    kinds = Counter(e.event_type for e in history.events)
+    assert kinds[HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_FAILED] == 0
+    assert scripted.total_requests == 2
 
 
 async def test_request_cancellation_from_temporal_behaves_like_cancel(

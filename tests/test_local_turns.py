@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType as HistoryEventType
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from taskpool import names
@@ -33,6 +33,7 @@ from tests.conftest import (
     eventually,
     running_worker,
     start_test_batch,
+    wait_until_child_cancelled,
     worker_environment,
 )
 from tests.test_agent_loop import marker_names
@@ -188,8 +189,8 @@ async def test_cancel_reaches_local_turns_in_flight(
     assert result.state is BatchState.CANCELLED
     assert result.counts["cancelled"] == 5
     for task_id in ("doc-0", "doc-1"):
+        await wait_until_child_cancelled(client, f"{batch_id}/{task_id}")
         child = client.get_workflow_handle(f"{batch_id}/{task_id}")
-        assert (await child.describe()).status is WorkflowExecutionStatus.CANCELED
         # The heartbeat setting became the child's workflow-task timeout.
         first = (await child.fetch_history()).events[0]
         timeout = first.workflow_execution_started_event_attributes.workflow_task_timeout

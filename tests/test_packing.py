@@ -21,7 +21,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from taskpool.batches import MAX_START_BYTES, BatchTooLargeError, batch_run
 from taskpool.models import BatchRun, PackedTasks, Priority, TaskError, TaskSpec, TaskStatus
 from taskpool.packing import DETAILS_IN_STORE, PackingError, pack, unpack
-from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
+from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+from taskpool.task_columns import TaskEntry
 
 S = TaskStatus
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -130,7 +131,7 @@ def test_every_field_survives_a_round_trip_except_what_the_status_makes_stale() 
     packed = pack(entries)
     assert packed.count == len(entries)
     # Through the real converter, as it crosses continue-as-new.
-    restored = unpack(from_payload(start_payload(BatchRun(tasks=packed))).tasks)
+    restored = unpack(from_payload(start_payload(BatchRun(tasks=packed))).tasks).entries()
 
     expected = [
         dataclasses.replace(
@@ -154,8 +155,8 @@ def test_every_field_survives_a_round_trip_except_what_the_status_makes_stale() 
 
 
 def test_an_empty_table_round_trips() -> None:
-    assert unpack(pack([])) == []
-    assert unpack(PackedTasks()) == []
+    assert unpack(pack([])).entries() == []
+    assert unpack(PackedTasks()).entries() == []
 
 
 # --- a million tasks -----------------------------------------------------------------------------
@@ -255,7 +256,8 @@ def test_a_million_tasks_fit_in_half_a_payload_and_come_back() -> None:
 
     size = payload.ByteSize()
     assert size < PAYLOAD_MARGIN, f"a million tasks pack to {size:,} bytes"
-    restored = unpack(from_payload(payload).tasks)
+    columns = unpack(from_payload(payload).tasks)
+    restored = columns.entries()
     assert len(restored) == MILLION
     assert [e.status for e in restored] == [e.status for e in entries]
     assert [e.id for e in restored] == [e.id for e in entries]
@@ -263,7 +265,7 @@ def test_a_million_tasks_fit_in_half_a_payload_and_come_back() -> None:
     # Spot checks of the sparse columns, one of each kind.
     for i in (37, 250, 400, IN_FLIGHT_FROM + 5, QUEUED_TO + 1, SCHEDULED_TO + 3, BLOCKED_TO + 1):
         assert restored[i] == entries[i], entries[i].id
-    table = TaskTable(restored)
+    table = TaskTable(columns)
     assert table.count_map() == {status.value: expected_counts[status] for status in TaskStatus}
     assert table.in_flight == IN_FLIGHT_TO - IN_FLIGHT_FROM
 
@@ -316,7 +318,7 @@ def test_definitions_do_not_count_towards_the_start_payload() -> None:
 
     size = start_payload(run).ByteSize()
     assert size < MAX_START_BYTES // 10, f"10,000 typical tasks start with {size:,} bytes"
-    restored = unpack(run.tasks)
+    restored = unpack(run.tasks).entries()
     assert [e.id for e in restored] == [s.id for s in specs]
     assert [e.priority for e in restored] == [s.priority for s in specs]
     assert all(e.status is S.PENDING for e in restored)
@@ -387,8 +389,8 @@ DAMAGE_CASES = [
 
 def test_the_sample_itself_unpacks() -> None:
     # Otherwise every damaged case below would pass for the wrong reason.
-    assert [e.id for e in unpack(sample())] == ["a", "b", "c"]
-    assert [e.id for e in unpack(rewritten(lambda d: None))] == ["a", "b", "c"]
+    assert [e.id for e in unpack(sample()).entries()] == ["a", "b", "c"]
+    assert [e.id for e in unpack(rewritten(lambda d: None)).entries()] == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("damaged", DAMAGE_CASES)
@@ -435,11 +437,11 @@ def test_a_state_over_the_limit_drops_error_details_not_tasks() -> None:
     trimmed = pack(entries, limit_bytes=limit)
 
     assert len(trimmed.data) <= limit
-    restored = unpack(trimmed)
+    restored = unpack(trimmed).entries()
     assert [e.id for e in restored] == [e.id for e in entries]
     assert {e.status for e in restored} == {TaskStatus.FAILED}
     assert {e.error.code for e in restored if e.error} == {"model_error"}
     assert {e.error.message for e in restored if e.error} == {DETAILS_IN_STORE}
     assert all(e.status_reason is None for e in restored)
     # Under the limit nothing is dropped.
-    assert unpack(pack(entries, limit_bytes=len(full.data))) == unpack(full)
+    assert unpack(pack(entries, limit_bytes=len(full.data))).entries() == unpack(full).entries()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from taskpool.models import Priority, TaskOutcome, TaskSpec, TaskStatus
-from taskpool.scheduling import TaskEntry, TaskTable
+from taskpool.packing import pack, unpack
+from taskpool.scheduling import TaskTable
+from taskpool.task_columns import TaskColumns, TaskEntry
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -118,3 +122,81 @@ def test_priority_rank_orders_the_five_priorities() -> None:
     ranks = [p.rank for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.URGENT)]
     assert ranks == sorted(ranks)
     assert Priority.CRITICAL.rank > ranks[-1]
+
+
+# --- the table after a continue-as-new: rebuilt from its packed columns ---------------------------
+
+
+def rebuilt(table: TaskTable) -> TaskTable:
+    return TaskTable(unpack(pack(table.columns)))
+
+
+def test_a_rebuilt_table_carries_on_where_the_old_one_stopped() -> None:
+    later = NOW + timedelta(hours=1)
+    table = table_of(
+        spec("low", priority="low"),
+        spec("running"),
+        spec("waits", depends_on=["running"]),
+        spec("due-later", scheduled_for=later.isoformat()),
+        spec("failed"),
+        spec("urgent", priority="urgent"),
+        spec("normal"),
+    )
+    assert [e.id for e in table.take_ready(3)] == ["urgent", "running", "failed"]
+    failed = table.get("failed")
+    assert failed is not None
+    outcome = TaskOutcome(task_id="failed", attempt=1, status=TaskStatus.FAILED, completed_at=NOW)
+    table.accept_outcome(outcome, NOW)
+    running = table.get("running")
+    assert running is not None
+    running.started_at = NOW
+
+    again = rebuilt(table)
+
+    assert again.count_map() == table.count_map()
+    assert [e.id for e in again.in_flight_entries()] == ["running", "urgent"]
+    assert again.next_due() == later
+    assert again.get("running").started_at == NOW  # type: ignore[union-attr]
+    # Queued tasks come out in the same order as from the old table.
+    assert [e.id for e in again.take_ready(10)] == ["normal", "low"]
+    # Dependents are found again: completing the dependency queues its dependent.
+    finish(again, "running", TaskStatus.COMPLETED)
+    assert [e.id for e in again.take_ready(10)] == ["waits"]
+    # A retry after the rebuild counts on from the attempt before it.
+    retried = again.get("failed")
+    assert retried is not None
+    again.retry(retried)
+    assert [(e.id, e.attempts, e.retry_count) for e in again.take_ready(10)] == [("failed", 2, 1)]
+
+
+def test_a_running_task_reports_to_the_rebuilt_table_once() -> None:
+    table = table_of(spec("a"))
+    table.take_ready(1)
+    again = rebuilt(table)
+    outcome = TaskOutcome(task_id="a", attempt=1, status=TaskStatus.COMPLETED, completed_at=NOW)
+    assert again.accept_outcome(outcome, NOW) == []
+    assert again.accept_outcome(outcome, NOW) is None
+    assert again.in_flight == 0
+    assert again.counts[TaskStatus.COMPLETED] == 1
+
+
+def test_a_row_writes_through_to_its_columns() -> None:
+    table = table_of(spec("a"), spec("b"))
+    row = table.get("b")
+    assert row is not None
+    row.status_reason = "why"
+    assert table.columns.reasons == {1: "why"}
+    row.status_reason = None
+    assert table.columns.reasons == {}
+    assert table.columns.entry(1) == TaskEntry("b", status=TaskStatus.QUEUED)
+
+
+def test_duplicate_ids_and_ragged_columns_are_refused() -> None:
+    with pytest.raises(ValueError, match="task id 'a' is already in the batch"):
+        TaskTable([TaskEntry("a"), TaskEntry("b"), TaskEntry("a")])
+    with pytest.raises(ValueError, match="task id 'a' is already in the batch"):
+        TaskColumns(
+            ids=["a", "a"], status=bytearray(b"qq"), priority=bytearray(b"22"), attempts=[0, 0]
+        )
+    with pytest.raises(ValueError, match="disagree in length"):
+        TaskColumns(ids=["a"], status=bytearray(b"qq"), priority=bytearray(b"2"), attempts=[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -66,12 +67,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskpool.packing import pack, unpack
     from taskpool.policies import STORE_WRITE_OPTIONS, task_workflow_task_timeout
-    from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskEntry, TaskTable
+    from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+    from taskpool.task_columns import TaskRow
 
 # A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
 # child starts, child signals and store writes go out in groups of this size.
 COMMAND_GROUP = 100
 STORE_CHUNK = 500
+# Cancelling a whole batch writes its statuses to the store after this many tasks at a time.
+CANCEL_GROUP = 20_000
 # Temporal refuses payloads over 2 MB; past this the packed state drops error details (the store
 # keeps them) rather than risk a continue-as-new the server would refuse.
 PACKED_STATE_LIMIT = 1_500_000
@@ -101,7 +105,7 @@ class BatchWorkflow:
         self._search_attributes: tuple[str, int] | None = None
         self._start_tasks: set[asyncio.Task[None]] = set()
         # Children this run started and awaits, by workflow id; those that confirmed the hand-over.
-        self._awaited: dict[str, TaskEntry] = {}
+        self._awaited: dict[str, TaskRow] = {}
         self._handed_over: set[str] = set()
 
     @property
@@ -234,10 +238,12 @@ class BatchWorkflow:
     @workflow.query(name=names.TASKS)
     def tasks(self, query: TasksQuery | None = None) -> TaskPage:
         query = query or TasksQuery()
-        matching = list(self._table.with_status(query.status))
-        page = matching[query.offset : query.offset + query.limit]
+        matching = self._table.with_status(query.status)
+        page = itertools.islice(matching, query.offset, query.offset + query.limit)
         return TaskPage(
-            total=len(matching), offset=query.offset, items=[self._table.view(e) for e in page]
+            total=self._table.count_with(query.status),
+            offset=query.offset,
+            items=[self._table.view(e) for e in page],
         )
 
     @workflow.query(name=names.TASK)
@@ -294,7 +300,7 @@ class BatchWorkflow:
         if not self._retry_targets(request):
             raise ValueError("no failed tasks to retry")
 
-    def _retry_targets(self, request: RetryTasksRequest) -> list[TaskEntry]:
+    def _retry_targets(self, request: RetryTasksRequest) -> list[TaskRow]:
         if request.all_failed:
             return list(self._table.with_status(TaskStatus.FAILED))
         targets = []
@@ -368,7 +374,7 @@ class BatchWorkflow:
             self._start_tasks.add(start)
             start.add_done_callback(self._start_tasks.discard)
 
-    async def _start_child(self, entry: TaskEntry) -> None:
+    async def _start_child(self, entry: TaskRow) -> None:
         child_id = names.task_workflow_id(self._batch_id, entry.id, entry.attempts)
         try:
             handle = await workflow.start_child_workflow(
@@ -430,10 +436,10 @@ class BatchWorkflow:
         )
         self._children_paused = paused
 
-    async def _cancel_children(self, entries: Sequence[TaskEntry]) -> None:
+    async def _cancel_children(self, entries: Sequence[TaskRow]) -> None:
         await self._for_each_child(entries, lambda handle: handle.cancel())
 
-    async def _for_each_child(self, entries: Sequence[TaskEntry], action: Any) -> None:
+    async def _for_each_child(self, entries: Sequence[TaskRow], action: Any) -> None:
         """Apply `action` to each child's handle, a group of commands per workflow task. A child
         that has just finished no longer takes signals; its report is on the way."""
 
@@ -477,12 +483,16 @@ class BatchWorkflow:
     async def _cancel_everything(self) -> None:
         reason = self._run.cancel_reason or "cancelled"
         now = workflow.now()
-        for entry in list(self._table.entries):
+        for entry in self._table.with_status(None):
             if not entry.status.is_terminal and entry.status not in (
                 TaskStatus.ASSIGNED,
                 TaskStatus.IN_PROGRESS,
             ):
                 self._note_changes(self._table.cancel(entry, reason, now))
+                if len(self._store_updates) >= CANCEL_GROUP:
+                    # Each store write is a new workflow task: a batch of a million tasks
+                    # cancels in many, none of them near the deadlock timeout.
+                    await self._flush_store()
         await self._flush_store()
         await workflow.wait_condition(lambda: self._starting == 0)
         running = self._table.in_flight_entries()
@@ -534,7 +544,7 @@ class BatchWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             if not self._store_updates and self._children_paused == self._run.paused:
                 break
-        self._run.tasks = pack(self._table.entries, limit_bytes=PACKED_STATE_LIMIT)
+        self._run.tasks = pack(self._table.columns, limit_bytes=PACKED_STATE_LIMIT)
         self._run.usage = self._table.usage
         self._run.llm_calls = self._table.llm_calls
         self._run.recent_failures = list(self._table.recent_failures)
@@ -557,7 +567,7 @@ class BatchWorkflow:
                 names.REGISTER_TASKS, request, **STORE_WRITE_OPTIONS
             )
 
-    def _note_changes(self, entries: Sequence[TaskEntry], event: EventType | None = None) -> None:
+    def _note_changes(self, entries: Sequence[TaskRow], event: EventType | None = None) -> None:
         """Queue store writes for status changes the batch made itself. A change is noted as a
         plain tuple and becomes a model only when its group is written: cancelling or starting
         a large batch notes every task at once, inside one workflow task."""
@@ -648,7 +658,7 @@ class _Change(NamedTuple):
 
 
 def _outcome_of_unfinished_child(
-    entry: TaskEntry, err: ChildWorkflowError, now: datetime
+    entry: TaskRow, err: ChildWorkflowError, now: datetime
 ) -> TaskOutcome | None:
     """What the batch records for a child that ended without an outcome. A cancelled child has
     reported by signal already (with its usage), so there is nothing to add."""

@@ -106,6 +106,11 @@ class Context:
             self.stdout.write(line + "\n")
         self.stdout.flush()
 
+    def note(self, line: str) -> None:
+        """Progress on long work: on stderr, so that stdout stays what a script reads."""
+        self.stderr.write(line + "\n")
+        self.stderr.flush()
+
     def show(self, renderable: RenderableType) -> None:
         console = Console(
             file=self.stdout, width=None if self.interactive else PIPE_WIDTH, highlight=False
@@ -121,6 +126,24 @@ Command = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 # --- start ----------------------------------------------------------------------------------------
+
+# Writing the definitions of a large batch takes a while (about a minute for a million tasks in
+# SQLite here); past this many tasks the starter says how far it is, on stderr.
+WRITE_PROGRESS_FROM = 50_000
+WRITE_PROGRESS_STEPS = 10
+
+
+class _WriteProgress:
+    def __init__(self, ctx: Context, total: int) -> None:
+        self._ctx = ctx
+        self._total = total
+        self._next = total // WRITE_PROGRESS_STEPS
+
+    def __call__(self, written: int) -> None:
+        if self._total < WRITE_PROGRESS_FROM or written < self._next:
+            return
+        self._next = written + self._total // WRITE_PROGRESS_STEPS
+        self._ctx.note(f"writing task definitions to the store: {written:,}/{self._total:,}")
 
 
 async def start(ctx: Context, args: argparse.Namespace) -> int:
@@ -150,6 +173,7 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
                 store=store,
                 # A reused id would share child workflow ids and store records with the old batch.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                on_progress=_WriteProgress(ctx, len(specs)),
             )
         except WorkflowAlreadyStartedError:
             raise _batch_exists(batch_id) from None
