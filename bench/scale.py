@@ -10,8 +10,12 @@ which marks every other task cancelled in the batch and in the store. Measured:
 
 - preparing, writing the definitions and starting: seconds each;
 - the first model call after the start; tasks per second while it runs;
-- per batch run, its first workflow task (the table is rebuilt in it) and its longest one, against
-  the SDK's 2 s deadlock limit; workflow tasks that failed or timed out (none may);
+- per batch run, its events and its first workflow task (the table is rebuilt in it, the first
+  children start and their store write runs as a local activity, so it is more than the rebuild);
+  workflow tasks that failed or timed out (none may: a workflow task whose code runs 2 s without
+  a yield fails as a deadlock);
+- rebuilding the table from the last run's own start input (unpack and index) and packing it
+  again, timed in this process: the work a continue-as-new does on the clock;
 - `status` and `tasks` query round trips on the running batch;
 - the cancellation: until the batch closed, and the counts it ended with;
 - the worker's peak RSS.
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +43,7 @@ from _common import append_result, bench_server, command_line, server_config
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from throughput import (
     MODEL,
     RssSampler,
@@ -46,17 +52,27 @@ from throughput import (
     progress,
     worker_environment,
     worker_process,
+    workflow_task_problems,
 )
 
 from taskpool import names
 from taskpool.batches import batch_status, prepare_batch, register_definitions, task_page
-from taskpool.models import AgentSettings, BatchOptions, BatchStatus, TaskSpec
-from taskpool.scheduling import MAX_TASKS_PER_BATCH
+from taskpool.models import (
+    AgentSettings,
+    BatchOptions,
+    BatchResult,
+    BatchRun,
+    BatchStatus,
+    TaskSpec,
+)
+from taskpool.packing import pack, unpack
+from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
 from taskpool.scripted import ScriptedModelServer
 from taskpool.store import opened_store
 from taskpool.temporal import connect
 
 DEADLOCK_LIMIT_S = 2.0
+TIMED_REBUILDS = 5
 INPUT_CHARS = 120
 STATUS_EVERY_S = 2.0
 
@@ -66,8 +82,7 @@ class RunTimes:
     run: int
     events: int
     first_task_s: float
-    longest_task_s: float
-    problems: int
+    problems: Counter[str]
 
 
 @dataclass
@@ -86,28 +101,21 @@ class ScaleReport:
     final_counts: dict[str, int] = field(default_factory=dict)
     runs: list[RunTimes] = field(default_factory=list)
     rss_peak_mb: float = 0.0
+    rebuild_s: list[float] = field(default_factory=list)
+    pack_s: list[float] = field(default_factory=list)
+    packed_kb: float = 0.0
 
 
-def workflow_task_times(events: Sequence[HistoryEvent]) -> tuple[list[float], int]:
-    """Each workflow task's seconds from started to completed, and how many failed or timed out."""
-    started: dict[int, float] = {}
-    durations: list[float] = []
-    problems = 0
+def first_workflow_task_s(events: Sequence[HistoryEvent]) -> float:
+    """Seconds from the first workflow task's start to its completion."""
+    started = None
     for event in events:
         at = event.event_time.ToDatetime().timestamp()
-        kind = event.event_type
-        if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
-            started[event.event_id] = at
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-            begun = started.get(event.workflow_task_completed_event_attributes.started_event_id)
-            if begun is not None:
-                durations.append(at - begun)
-        elif kind in (
-            EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
-            EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
-        ):
-            problems += 1
-    return durations, problems
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and started is None:
+            started = at
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and started:
+            return at - started
+    return 0.0
 
 
 async def batch_runs(client: Client, batch_id: str) -> list[RunTimes]:
@@ -117,17 +125,37 @@ async def batch_runs(client: Client, batch_id: str) -> list[RunTimes]:
         history = await client.get_workflow_handle(
             batch_id, run_id=execution.run_id
         ).fetch_history()
-        durations, problems = workflow_task_times(history.events)
+        problems = workflow_task_problems(f"run {number}", history.events)
         runs.append(
             RunTimes(
                 run=number,
                 events=len(history.events),
-                first_task_s=durations[0] if durations else 0.0,
-                longest_task_s=max(durations, default=0.0),
+                first_task_s=first_workflow_task_s(history.events),
                 problems=problems,
             )
         )
     return runs
+
+
+async def last_run_input(client: Client, batch_id: str) -> BatchRun:
+    history = await client.get_workflow_handle(batch_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    (run,) = pydantic_data_converter.payload_converter.from_payloads(
+        started.input.payloads, [BatchRun]
+    )
+    assert isinstance(run, BatchRun)
+    return run
+
+
+def time_rebuilds(run: BatchRun, report: ScaleReport) -> None:
+    report.packed_kb = len(run.tasks.data) / 1024
+    for _ in range(TIMED_REBUILDS):
+        began = time.perf_counter()
+        table = TaskTable(unpack(run.tasks))
+        report.rebuild_s.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        pack(table.columns)
+        report.pack_s.append(time.perf_counter() - began)
 
 
 async def timed_ms(call: Awaitable[object]) -> float:
@@ -170,7 +198,11 @@ async def measure(tasks: int, window: int, reports: int, server_name: str) -> Sc
                 progress(f"scale: definitions written in {report.register_s:.1f} s; starting")
                 began = time.monotonic()
                 handle = await client.start_workflow(
-                    names.BATCH_WORKFLOW, prepared.run, id=batch_id, task_queue=queue
+                    names.BATCH_WORKFLOW,
+                    prepared.run,
+                    id=batch_id,
+                    task_queue=queue,
+                    result_type=BatchResult,
                 )
                 report.start_s = time.monotonic() - began
                 started = time.monotonic()
@@ -193,6 +225,7 @@ async def measure(tasks: int, window: int, reports: int, server_name: str) -> Sc
                 report.final_counts = result.counts
                 _, _, report.rss_peak_mb = await rss.stop()
             report.runs = await batch_runs(client, batch_id)
+            time_rebuilds(await last_run_input(client, batch_id), report)
     return report
 
 
@@ -212,11 +245,14 @@ async def until_reports(client: Client, batch_id: str, reports: int, started: fl
 def summary(report: ScaleReport) -> str:
     runs = report.runs
     firsts = [r.first_task_s for r in runs]
-    longest = max((r.longest_task_s for r in runs), default=0.0)
-    problems = sum(r.problems for r in runs)
+    rebuild = max(report.rebuild_s, default=0.0)
+    problems = sum((r.problems for r in runs), Counter[str]())
+    # A report that arrives as the batch completes a workflow task makes the server refuse that
+    # completion (UNHANDLED_COMMAND); the SDK retries it at once. Anything else is a fault.
+    faults = {k: n for k, n in problems.items() if not k.endswith("UNHANDLED_COMMAND")}
     cancelled = report.final_counts.get("cancelled", 0)
     completed = report.final_counts.get("completed", 0)
-    ok = longest < DEADLOCK_LIMIT_S and problems == 0 and completed + cancelled == report.tasks
+    ok = rebuild < DEADLOCK_LIMIT_S / 2 and not faults and completed + cancelled == report.tasks
     lines = [
         f"{report.tasks:,} tasks, W {report.window}, scripted model at zero latency",
         "",
@@ -231,8 +267,12 @@ def summary(report: ScaleReport) -> str:
         f"| batch runs (continue-as-new) | {len(runs)} |",
         f"| first workflow task of a run (rebuilds the table) | median "
         f"{statistics.median(firsts) if firsts else 0:.2f} s, max {max(firsts, default=0):.2f} s |",
-        f"| longest workflow task of any run | {longest:.2f} s (deadlock limit 2 s) |",
-        f"| workflow tasks failed or timed out | {problems} |",
+        f"| rebuild the last run's table (unpack, index, queues), {TIMED_REBUILDS} times | "
+        f"median {statistics.median(report.rebuild_s):.2f} s, max {rebuild:.2f} s "
+        "(deadlock limit 2 s) |",
+        f"| pack it for continue-as-new | median {statistics.median(report.pack_s):.2f} s, "
+        f"max {max(report.pack_s):.2f} s; {report.packed_kb:.0f} kB |",
+        f"| workflow tasks failed or timed out | {dict(problems) or 'none'} |",
         f"| `status` query | median {statistics.median(report.status_query_ms):.0f} ms |",
         f"| `tasks` query (50 from the middle) | median "
         f"{statistics.median(report.tasks_query_ms):.0f} ms |",
@@ -240,16 +280,13 @@ def summary(report: ScaleReport) -> str:
         f"| final counts | {report.final_counts} |",
         f"| worker peak RSS | {report.rss_peak_mb:.0f} MB |",
         "",
-        "| run | events | first workflow task s | longest s | failed/timed out |",
-        "|---:|---:|---:|---:|---:|",
-        *(
-            f"| {r.run} | {r.events} | {r.first_task_s:.2f} | {r.longest_task_s:.2f} | "
-            f"{r.problems} |"
-            for r in runs
-        ),
+        "| run | events | first workflow task s | failed/timed out |",
+        "|---:|---:|---:|---:|",
+        *(f"| {r.run} | {r.events} | {r.first_task_s:.2f} | {r.problems} |" for r in runs),
         "",
-        f"verdict: {'PASS' if ok else 'FAIL'} (every workflow task under the deadlock limit, "
-        "none failed, every task completed or cancelled)",
+        f"verdict: {'PASS' if ok else 'FAIL'} (no workflow task failed or timed out but for "
+        "UNHANDLED_COMMAND retries, the rebuild takes under half the deadlock limit, every task "
+        "completed or cancelled)",
     ]
     return "\n".join(lines)
 

@@ -66,13 +66,7 @@ class TaskTable:
         for index, dependencies in sorted(columns.depends_on.items()):
             for dependency in dependencies:
                 self._dependents.setdefault(dependency, []).append(index)
-        # Queued tasks by priority code, each a heap of positions: ready tasks run by priority
-        # (highest first), then in the order they were added. Entries go stale when a task
-        # leaves `queued`; they are skipped when met.
-        self._ready: dict[int, list[int]] = {code: [] for code in sorted(PRIORITY_BY_CODE)}
-        priority = columns.priority
-        for index in columns.positions_with(S.QUEUED):
-            self._ready[priority[index]].append(index)
+        self._ready = _ReadyQueue(columns)
         self._scheduled: list[tuple[datetime, int]] = [
             (due, index)
             for index, due in columns.scheduled_for.items()
@@ -190,23 +184,14 @@ class TaskTable:
         """Up to `limit` queued tasks in run order, marked assigned with a new attempt."""
         taken: list[TaskRow] = []
         columns = self.columns
-        for code in sorted(self._ready, reverse=True):
-            ready = self._ready[code]
-            while ready and len(taken) < limit:
-                index = heapq.heappop(ready)
-                if columns.status[index] != _QUEUED:
-                    continue
-                entry = self._row(index)
-                self._move(entry, S.ASSIGNED)
-                columns.attempts[index] += 1
-                columns.errors.pop(index, None)
-                columns.reasons.pop(index, None)
-                taken.append(entry)
+        while len(taken) < limit and (index := self._ready.pop()) is not None:
+            entry = self._row(index)
+            self._move(entry, S.ASSIGNED)
+            columns.attempts[index] += 1
+            columns.errors.pop(index, None)
+            columns.reasons.pop(index, None)
+            taken.append(entry)
         return taken
-
-    def has_ready(self) -> bool:
-        status = self.columns.status
-        return any(status[index] == _QUEUED for ready in self._ready.values() for index in ready)
 
     # --- outcomes and commands --------------------------------------------------------------------
 
@@ -301,7 +286,7 @@ class TaskTable:
         else:
             self._in_flight.discard(index)
         if status is S.QUEUED:
-            heapq.heappush(self._ready[self.columns.priority[index]], index)
+            self._ready.push(index)
         elif status is S.SCHEDULED and (due := entry.scheduled_for) is not None:
             heapq.heappush(self._scheduled, (due, index))
 
@@ -337,6 +322,72 @@ class TaskTable:
 # An error's message is for people reading a status; the store keeps it whole. The batch keeps a
 # bounded prefix so that many failures cannot outgrow its state.
 ERROR_MESSAGE_LIMIT = 300
+
+
+class _ReadyQueue:
+    """Queued tasks in run order: by priority (highest first), then in the order they were added.
+
+    A new run must not spend its first workflow task putting every queued task of a million in a
+    heap. So, per priority, the tasks queued when the table was built are found by a C search of
+    a byte mask (queued and of that priority), from a cursor that only moves forward; tasks
+    queued later go to a heap. Either may hold a task that has left `queued` since: the live
+    status is checked when a task comes up, and such a task is skipped.
+    """
+
+    def __init__(self, columns: TaskColumns) -> None:
+        self._status = columns.status
+        self._priority = columns.priority
+        count = len(columns)
+        queued = int.from_bytes(columns.status.translate(_QUEUED_MASK), "big")
+        self._initial: dict[int, bytes] = {}
+        self._cursor: dict[int, int] = {}
+        self._later: dict[int, list[int]] = {}
+        for code in sorted(PRIORITY_BY_CODE, reverse=True):
+            of_priority = int.from_bytes(columns.priority.translate(_PRIORITY_MASKS[code]), "big")
+            self._initial[code] = (queued & of_priority).to_bytes(count, "big")
+            self._cursor[code] = 0
+            self._later[code] = []
+
+    def push(self, index: int) -> None:
+        heapq.heappush(self._later[self._priority[index]], index)
+
+    def pop(self) -> int | None:
+        """The next queued task, taken off the queue; None when no task is queued."""
+        code = self._next_code()
+        if code is None:
+            return None
+        initial, later = self._next_initial(code), self._later[code]
+        if initial is not None and (not later or initial < later[0]):
+            self._cursor[code] = initial + 1
+            return initial
+        return heapq.heappop(later)
+
+    def _next_code(self) -> int | None:
+        """The highest priority with a queued task, after dropping stale entries."""
+        for code in self._initial:
+            later = self._later[code]
+            while later and self._status[later[0]] != _QUEUED:
+                heapq.heappop(later)
+            if later or self._next_initial(code) is not None:
+                return code
+        return None
+
+    def _next_initial(self, code: int) -> int | None:
+        """The first task from the cursor on that was queued when the table was built and still
+        is; the cursor moves past those that are not."""
+        initial, status = self._initial[code], self._status
+        index = initial.find(1, self._cursor[code])
+        while index != -1 and status[index] != _QUEUED:
+            index = initial.find(1, index + 1)
+        self._cursor[code] = len(initial) if index == -1 else index
+        return None if index == -1 else index
+
+
+# Byte translation tables for the masks above: 1 where a task's byte matches, 0 elsewhere.
+_QUEUED_MASK = bytes(1 if byte == _QUEUED else 0 for byte in range(256))
+_PRIORITY_MASKS = {
+    code: bytes(1 if byte == code else 0 for byte in range(256)) for code in PRIORITY_BY_CODE
+}
 
 
 def _compact_error(error: TaskError | None) -> TaskError | None:

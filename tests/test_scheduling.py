@@ -195,8 +195,27 @@ def test_duplicate_ids_and_ragged_columns_are_refused() -> None:
     with pytest.raises(ValueError, match="task id 'a' is already in the batch"):
         TaskTable([TaskEntry("a"), TaskEntry("b"), TaskEntry("a")])
     with pytest.raises(ValueError, match="task id 'a' is already in the batch"):
-        TaskColumns(
+        _ = TaskColumns(
             ids=["a", "a"], status=bytearray(b"qq"), priority=bytearray(b"22"), attempts=[0, 0]
-        )
+        ).position
     with pytest.raises(ValueError, match="disagree in length"):
         TaskColumns(ids=["a"], status=bytearray(b"qq"), priority=bytearray(b"2"), attempts=[0])
+
+
+def test_tasks_queued_after_a_rebuild_take_their_place_in_run_order() -> None:
+    table = table_of(
+        spec("n1"),
+        spec("unblocked", priority="high", depends_on=["dependency"]),
+        spec("n2"),
+        spec("dependency", priority="critical"),
+        spec("n3"),
+    )
+    assert [e.id for e in table.take_ready(1)] == ["dependency"]
+    again = rebuilt(table)
+
+    finish(again, "dependency", TaskStatus.COMPLETED)
+    again.add([spec("high-new", priority="high"), spec("n-new")], NOW)
+
+    taken = [e.id for e in again.take_ready(10)]
+    assert taken == ["unblocked", "high-new", "n1", "n2", "n3", "n-new"]
+    assert again.take_ready(10) == []
