@@ -193,3 +193,28 @@ def test_rate_limits_across_workers() -> None:
 
     assert re.search(r"^\| requests bind \| \d+ \| \d+ \|", out, re.MULTILINE), out
     assert re.search(r"Model calls per worker process: \d+, \d+; error replies: 0\. Verdict:", out)
+
+
+def test_one_large_batch_runs_through_continue_as_new_and_cancels() -> None:
+    out = run_bench(
+        "scale.py",
+        "--tasks",
+        "3000",
+        "--window",
+        "10",
+        "--reports",
+        "150",
+        "--continue-as-new-after",
+        "50",
+        "--no-record",
+    )
+    assert "verdict: PASS" in out, out
+    runs = re.search(r"\| batch runs \(continue-as-new\) \| (\d+) \|", out)
+    assert runs is not None, out
+    assert int(runs.group(1)) >= 3
+    counts = re.search(r"\| final counts \| (\{.*\}) \|", out)
+    assert counts is not None, out
+    final = json.loads(counts.group(1).replace("'", '"'))
+    assert sum(final.values()) == 3000
+    assert final["completed"] >= 150
+    assert final["cancelled"] > 0
