@@ -23,7 +23,14 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_handle, batch_status
 from taskpool.cli.app import run as run_command
-from taskpool.cli.commands import Context, default_batch_id, outcome_code, with_default_priority
+from taskpool.cli.commands import (
+    WRITE_PROGRESS_FROM,
+    Context,
+    WriteProgress,
+    default_batch_id,
+    outcome_code,
+    with_default_priority,
+)
 from taskpool.cli.render import duration, live_frame
 from taskpool.cli.snapshot import RateMeter, RunningTask, Snapshot, pace
 from taskpool.models import (
@@ -586,3 +593,21 @@ async def test_a_task_store_that_cannot_be_written_is_a_one_line_error_without_s
         assert "Traceback" not in run.err
         assert run.out == ""
     await assert_never_started(client, batch_id)
+
+
+def test_writing_a_large_batch_reports_progress_on_stderr() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    progress = WriteProgress(Context(stdout=out, stderr=err), 200_000)
+    for written in range(1_000, 200_001, 1_000):
+        progress(written)
+
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "writing task definitions to the store: 20,000/200,000"
+    assert lines[-1] == "writing task definitions to the store: 200,000/200,000"
+    assert len(lines) == 10
+    assert out.getvalue() == ""
+
+    small = io.StringIO()
+    quiet = WriteProgress(Context(stdout=io.StringIO(), stderr=small), WRITE_PROGRESS_FROM - 1)
+    quiet(WRITE_PROGRESS_FROM - 1)
+    assert small.getvalue() == ""

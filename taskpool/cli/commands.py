@@ -133,7 +133,9 @@ WRITE_PROGRESS_FROM = 50_000
 WRITE_PROGRESS_STEPS = 10
 
 
-class _WriteProgress:
+class WriteProgress:
+    """Says on stderr, in tenths, how many definitions of a large batch are in the store."""
+
     def __init__(self, ctx: Context, total: int) -> None:
         self._ctx = ctx
         self._total = total
@@ -173,7 +175,7 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
                 store=store,
                 # A reused id would share child workflow ids and store records with the old batch.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                on_progress=_WriteProgress(ctx, len(specs)),
+                on_progress=WriteProgress(ctx, len(specs)),
             )
         except WorkflowAlreadyStartedError:
             raise _batch_exists(batch_id) from None
