@@ -59,7 +59,9 @@ def pack(
 
 
 def _pack(columns: TaskColumns, *, details: bool) -> PackedTasks:
-    status, position = columns.status, columns.position
+    status = columns.status
+    # Dependencies are written as positions; without any, packing needs no id index.
+    position = columns.position if columns.depends_on else {}
     due = {
         index: at.isoformat()
         for index, at in sorted(columns.scheduled_for.items())

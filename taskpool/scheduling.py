@@ -37,8 +37,9 @@ from taskpool.task_columns import (
 
 S = TaskStatus
 # A batch rebuilds its table from the packed state at each continue-as-new, inside one workflow
-# task, which the SDK fails as a deadlock after 2 s without a yield. The columns take about
-# 0.5 s for a million tasks here (`bench/scale.py`), which leaves room for a loaded machine.
+# task, which the SDK fails as a deadlock after 2 s without a yield. With the table as columns a
+# new run's first workflow task took 0.18-0.50 s for a million tasks here (`bench/scale.py`),
+# which leaves room for a loaded machine. Past this, several batches (README, "Scale").
 MAX_TASKS_PER_BATCH = 1_000_000
 IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
 RECENT_FAILURES = 5

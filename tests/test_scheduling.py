@@ -219,3 +219,13 @@ def test_tasks_queued_after_a_rebuild_take_their_place_in_run_order() -> None:
     taken = [e.id for e in again.take_ready(10)]
     assert taken == ["unblocked", "high-new", "n1", "n2", "n3", "n-new"]
     assert again.take_ready(10) == []
+
+
+def test_a_queued_task_cancelled_after_a_rebuild_never_runs() -> None:
+    again = rebuilt(table_of(spec("a"), spec("b"), spec("c", priority="high")))
+    b = again.get("b")
+    assert b is not None
+    again.cancel(b, "not needed", NOW)
+
+    assert [e.id for e in again.take_ready(10)] == ["c", "a"]
+    assert again.counts[TaskStatus.CANCELLED] == 1
