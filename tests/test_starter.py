@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from rich.console import Console
@@ -611,3 +612,40 @@ def test_writing_a_large_batch_reports_progress_on_stderr() -> None:
     quiet = WriteProgress(Context(stdout=io.StringIO(), stderr=small), WRITE_PROGRESS_FROM - 1)
     quiet(WRITE_PROGRESS_FROM - 1)
     assert small.getvalue() == ""
+
+
+async def test_starting_a_large_batch_says_how_far_it_is(
+    env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    count = WRITE_PROGRESS_FROM
+    source = write_jsonl(
+        tmp_path / "many.jsonl", *({"id": f"t{i:05d}", "input": "x"} for i in range(count))
+    )
+    batch_id = f"many-{uuid.uuid4().hex[:8]}"
+
+    run = await starter(env, "start", str(source), "--batch-id", batch_id, "--json")
+
+    assert run.code == 0, run.err
+    # Progress goes to stderr, so that stdout is still the one line a script reads.
+    assert json.loads(run.out) == {"batch_id": batch_id, "total": count, "task_queue": ANY}
+    notes = run.err.splitlines()
+    assert notes[0] == f"checked {count:,} tasks in {source}; packing the batch's state"
+    assert notes[1:] == [
+        f"writing task definitions to the store: {written:,}/{count:,}"
+        for written in range(count // 10, count + 1, count // 10)
+    ]
+    await client.get_workflow_handle(batch_id).terminate(reason="test done")
+
+
+def test_a_large_file_is_announced_before_it_is_read(tmp_path: Path) -> None:
+    text = "y" * 10_000
+    rows = [{"id": f"t{i}", "input": text} for i in range(1_000)]
+    source = write_jsonl(tmp_path / "big.jsonl", *rows, {"id": "t0", "input": "again"})
+    err = io.StringIO()
+
+    code = run_command(["start", str(source)], Context(stdout=io.StringIO(), stderr=err))
+
+    assert code == 2
+    first, *rest = err.getvalue().splitlines()
+    assert first == f"reading and checking {source} (10 MB)"
+    assert any("duplicate id 't0'" in line for line in rest), rest

@@ -127,9 +127,11 @@ Command = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
 
 # --- start ----------------------------------------------------------------------------------------
 
-# Writing the definitions of a large batch takes a while (about a minute for a million tasks in
-# SQLite here); past this many tasks the starter says how far it is, on stderr.
+# Starting a large batch takes a while (for a million tasks here: 17 s to read and check the file,
+# 8 s to pack the state, 22 s to write the definitions to SQLite); past this many tasks the
+# starter says how far it is, on stderr.
 WRITE_PROGRESS_FROM = 50_000
+READ_NOTE_FROM_BYTES = 10_000_000
 WRITE_PROGRESS_STEPS = 10
 
 
@@ -150,7 +152,10 @@ class WriteProgress:
 
 async def start(ctx: Context, args: argparse.Namespace) -> int:
     source = Path(args.source)
+    _note_a_large_file(ctx, source)
     specs = _load(source, default_kind=args.kind)
+    if len(specs) >= WRITE_PROGRESS_FROM:
+        ctx.note(f"checked {len(specs):,} tasks in {source}; packing the batch's state")
     if args.priority is not None:
         specs = with_default_priority(specs, args.priority)
     batch_id = args.batch_id if args.batch_id is not None else default_batch_id(source)
@@ -217,6 +222,11 @@ def _check_batch_id(batch_id: str) -> None:
         raise CliError(f"bad batch id {batch_id!r}: it must be non-empty, without spaces", USAGE)
     if len(batch_id) > 200:
         raise CliError("bad batch id: at most 200 characters", USAGE)
+
+
+def _note_a_large_file(ctx: Context, source: Path) -> None:
+    if source.is_file() and (size := source.stat().st_size) >= READ_NOTE_FROM_BYTES:
+        ctx.note(f"reading and checking {source} ({size / 1e6:.0f} MB)")
 
 
 def _load(
