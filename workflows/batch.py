@@ -74,8 +74,10 @@ with workflow.unsafe.imports_passed_through():
 # child starts, child signals and store writes go out in groups of this size.
 COMMAND_GROUP = 100
 STORE_CHUNK = 500
-# Cancelling a whole batch writes its statuses to the store after this many tasks at a time.
-CANCEL_GROUP = 20_000
+# Cancelling a whole batch writes its statuses to the store after this many tasks at a time. A
+# multiple of STORE_CHUNK, so the writes go out in the same groups, in the same order, as when
+# they all went out at the end: a cancellation under way on an older release replays.
+CANCEL_GROUP = 40 * STORE_CHUNK
 # Temporal refuses payloads over 2 MB; past this the packed state drops error details (the store
 # keeps them) rather than risk a continue-as-new the server would refuse.
 PACKED_STATE_LIMIT = 1_500_000
