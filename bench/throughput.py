@@ -1296,7 +1296,7 @@ async def utilisation(
         if not under:
             target += " (not reachable: W / L is at or above the ceiling)"
         elif lone_rate * latency < TARGET_UTILISATION:
-            target += f" (not reachable here: one task at a time reaches {lone_rate * latency:.0%})"
+            target += f" (not reachable here: one task at a time reaches {lone_rate * latency:.1%})"
         lines.append(
             f"| {run.plan.window} | {run.plan.tasks} | {ideal:.1f} | {run.tasks_per_s:.2f} | "
             f"{steady or 0:.2f} | {used:.1%} | "
