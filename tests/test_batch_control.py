@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.api.enums.v1 import WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
@@ -175,9 +176,19 @@ async def test_cancelling_more_tasks_than_one_group_reaches_every_task(
         sum(1 for e in r.events if e.type is EventType.CANCELLED) for r in records
     )
     assert cancelled_events == {1: count}
+    # No workflow task of the batch failed, as one that ran past the deadlock timeout would.
+    # The one failure Temporal causes in any batch is allowed: a cancelled child's report that
+    # arrives as the batch completes a workflow task makes the server refuse that completion
+    # (UNHANDLED_COMMAND), and the SDK retries it at once.
     history = await handle.fetch_history()
-    kinds = Counter(e.event_type for e in history.events)
-    assert kinds[HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_FAILED] == 0
+    causes = Counter(
+        WorkflowTaskFailedCause.Name(e.workflow_task_failed_event_attributes.cause)
+        for e in history.events
+        if e.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    )
+    assert set(causes) <= {"WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND"}, causes
+    timed_out = HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+    assert not any(e.event_type == timed_out for e in history.events)
     assert scripted.total_requests == 2
 
 
