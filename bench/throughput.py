@@ -870,15 +870,16 @@ def steady_rate(calls: Sequence[tuple[float, float]], window: int, latency: floa
     the start of a wave, and a count would take a whole wave more than the span holds (about 6 %
     too high at 200 tasks; this is how "steady" was computed up to the eighth round).
     """
-    if latency <= 0 or window <= 0:
-        return None
     arrivals = sorted(received for received, _ in calls)
     skip = len(arrivals) // 10
-    begin, end = arrivals[skip], arrivals[len(arrivals) - 1 - skip]
-    if len(arrivals) - 2 * skip < 5 or end <= begin:
+    if latency <= 0 or window <= 0 or len(arrivals) - 2 * skip < 5:
+        return None
+    begin, end = arrivals[skip], arrivals[-1 - skip]
+    if end <= begin:
         return None
     busy = sum(max(0.0, min(answered, end) - max(received, begin)) for received, answered in calls)
-    return busy / (window * (end - begin)) * window / latency
+    busy_share = busy / (window * (end - begin))
+    return busy_share * window / latency
 
 
 async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:

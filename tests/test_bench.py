@@ -225,7 +225,7 @@ def test_steady_rate_measures_busy_slots_when_the_slots_move_in_step(
 ) -> None:
     """At W 10 and L 1 s the slots start their calls in waves. Counting requests between the
     first and last tenth took one wave more than the span holds (98.6 % "steady" for 200 tasks
-    where the slots were 93 % busy); the estimator integrates busy time instead."""
+    beside 92.8 % end to end); the estimator integrates busy time instead."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import throughput
 
@@ -240,3 +240,4 @@ def test_steady_rate_measures_busy_slots_when_the_slots_move_in_step(
 
     assert rate == pytest.approx(window / cycle, rel=0.01)
     assert throughput.steady_rate(calls[:4], window, latency) is None
+    assert throughput.steady_rate([], window, latency) is None
