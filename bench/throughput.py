@@ -861,9 +861,10 @@ async def finish_or_stall(
         waiting.cancel()
 
 
-def steady_rate(calls: Sequence[tuple[float, float]], window: int, latency: float) -> float | None:
-    """Tasks per second the W slots would give if they stayed as busy as they were between the
-    first and last tenth of the model's requests (no start-up or drain).
+def steady_rate(calls: Sequence[tuple[float, float]], latency: float) -> float | None:
+    """Tasks per second while the model had as many calls in flight, on average, as between the
+    first and last tenth of its requests (no start-up or drain): that mean divided by L, so a
+    window kept full gives W / L.
 
     `calls` are (received, answered) times. Busy time is integrated over that span rather than
     requests counted in it: at W 10 and L 1 s the slots move in step, so the span's ends fall on
@@ -872,14 +873,14 @@ def steady_rate(calls: Sequence[tuple[float, float]], window: int, latency: floa
     """
     arrivals = sorted(received for received, _ in calls)
     skip = len(arrivals) // 10
-    if latency <= 0 or window <= 0 or len(arrivals) - 2 * skip < 5:
+    if latency <= 0 or len(arrivals) - 2 * skip < 5:
         return None
     begin, end = arrivals[skip], arrivals[-1 - skip]
     if end <= begin:
         return None
     busy = sum(max(0.0, min(answered, end) - max(received, begin)) for received, answered in calls)
-    busy_share = busy / (window * (end - begin))
-    return busy_share * window / latency
+    mean_in_flight = busy / (end - begin)
+    return mean_in_flight / latency
 
 
 async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
@@ -953,7 +954,7 @@ async def run_taskpool(plan: BatchPlan, common: Common) -> TaskpoolRun:
         prompt_tokens=status.usage.prompt_tokens,
         completion_tokens=status.usage.completion_tokens,
         run_number=status.run_number,
-        steady_tasks_per_s=steady_rate(calls, plan.window, plan.latency),
+        steady_tasks_per_s=steady_rate(calls, plan.latency),
         rss_start_mb=rss_start,
         rss_sampled_peak_mb=rss_sampled,
         rss_peak_mb=rss_peak,

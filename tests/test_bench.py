@@ -236,8 +236,8 @@ def test_steady_rate_measures_busy_slots_when_the_slots_move_in_step(
         for slot in range(window)
     ]
 
-    rate = throughput.steady_rate(calls, window, latency)
+    rate = throughput.steady_rate(calls, latency)
 
     assert rate == pytest.approx(window / cycle, rel=0.01)
-    assert throughput.steady_rate(calls[:4], window, latency) is None
-    assert throughput.steady_rate([], window, latency) is None
+    assert throughput.steady_rate(calls[:4], latency) is None
+    assert throughput.steady_rate([], latency) is None
