@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
@@ -24,6 +26,7 @@ from taskpool.models import (
     ResumeRequest,
     RetryTasksRequest,
     SetConcurrencyRequest,
+    TaskInput,
     TaskPage,
     TaskProgress,
     TaskSpec,
@@ -36,8 +39,7 @@ from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
 from taskpool.store import TaskStore, opened_store
 from taskpool.task_columns import STATUS_BY_CODE, TaskColumns, TaskEntry
 
-# TaskWorkflow's query for the progress its agent last reported (workflows/task.py).
-
+T = TypeVar("T")
 
 # Definitions go to the task store; the batch's start input and continue-as-new state carry only
 # the packed per-task state (ids, status, priority, ...), whose payload Temporal caps at 2 MB.
@@ -289,9 +291,9 @@ async def task_progress(
 # --- Changing a batch: updates are validated by the batch before they touch its history -------
 
 
-# An update's payload is capped like any other (2 MB); added definitions travel in groups well
-# under that, each accepted or refused as a whole.
-ADD_GROUP_BYTES = 500_000
+# An update's payload is capped like any other (2 MB); added definitions and new inputs travel
+# in groups well under that, each accepted or refused as a whole.
+UPDATE_GROUP_BYTES = 500_000
 
 
 async def add_tasks(client: Client, batch_id: str, tasks: Sequence[TaskSpec]) -> BatchStatus:
@@ -299,7 +301,7 @@ async def add_tasks(client: Client, batch_id: str, tasks: Sequence[TaskSpec]) ->
     tasks of an earlier group, never a later one, since groups keep the given order."""
     handle = batch_handle(client, batch_id)
     answer: BatchStatus | None = None
-    for group in _add_groups(tasks):
+    for group in _groups_by_size(tasks, lambda spec: len(spec.model_dump_json())):
         answer = await handle.execute_update(
             names.ADD_TASKS, AddTasksRequest(tasks=group), result_type=BatchStatus
         )
@@ -308,28 +310,55 @@ async def add_tasks(client: Client, batch_id: str, tasks: Sequence[TaskSpec]) ->
     return answer
 
 
-def _add_groups(tasks: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
-    groups: list[list[TaskSpec]] = []
-    size = ADD_GROUP_BYTES
-    for spec in tasks:
-        spec_size = len(spec.model_dump_json())
-        if size + spec_size > ADD_GROUP_BYTES:
+def _groups_by_size(items: Sequence[T], size_of: Callable[[T], int]) -> list[list[T]]:
+    """`items` in order, in groups of at most UPDATE_GROUP_BYTES (an item larger than that
+    alone in its group)."""
+    groups: list[list[T]] = []
+    size = UPDATE_GROUP_BYTES
+    for item in items:
+        item_size = size_of(item)
+        if size + item_size > UPDATE_GROUP_BYTES:
             groups.append([])
             size = 0
-        groups[-1].append(spec)
-        size += spec_size
+        groups[-1].append(item)
+        size += item_size
     return groups
 
 
 async def retry_tasks(
-    client: Client, batch_id: str, *, task_ids: Sequence[str] = (), all_failed: bool = False
+    client: Client,
+    batch_id: str,
+    *,
+    task_ids: Sequence[str] = (),
+    all_failed: bool = False,
+    inputs: Mapping[str, TaskInput] | None = None,
 ) -> BatchStatus:
-    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
-        names.RETRY_TASKS,
-        RetryTasksRequest(task_ids=list(task_ids), all_failed=all_failed),
-        result_type=BatchStatus,
+    """Queue failed tasks again: those named in `task_ids` or `inputs`, or every failed task. A
+    task in `inputs` runs with its new input; those go in groups by size, each an update of its
+    own, before the tasks retried as they were."""
+    inputs = inputs or {}
+    if all_failed and inputs:
+        raise ValueError("retry every failed task or give new inputs for some, not both")
+    requests = [
+        RetryTasksRequest(task_ids=[task_id for task_id, _ in group], inputs=dict(group))
+        for group in _groups_by_size(list(inputs.items()), _input_size)
+    ]
+    as_they_were = [task_id for task_id in task_ids if task_id not in inputs]
+    if all_failed or as_they_were or not requests:
+        requests.append(RetryTasksRequest(task_ids=as_they_were, all_failed=all_failed))
+    handle = batch_handle(client, batch_id)
+    *earlier, last = requests
+    for request in earlier:
+        await handle.execute_update(names.RETRY_TASKS, request)
+    answer: BatchStatus = await handle.execute_update(
+        names.RETRY_TASKS, last, result_type=BatchStatus
     )
     return answer
+
+
+def _input_size(item: tuple[str, TaskInput]) -> int:
+    task_id, new_input = item
+    return len(task_id) + len(json.dumps(new_input))
 
 
 async def cancel_tasks(

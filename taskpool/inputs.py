@@ -73,6 +73,7 @@ def load_tasks(
     default_kind: str | None = None,
     known_kinds: Collection[str] | None = None,
     existing_ids: Collection[str] = (),
+    check_dependencies: bool = True,
 ) -> list[TaskSpec]:
     """Read the tasks in `path`, in file order, or raise InputError listing every problem.
 
@@ -93,12 +94,23 @@ def load_tasks(
 
     `default_kind` is the kind of tasks that do not set one. `known_kinds`, when given, is the set
     of kinds a task may name. `existing_ids` are the ids already in the batch when adding tasks to
-    it: new ids must differ from them, and new tasks may depend on them.
+    it: new ids must differ from them, and new tasks may depend on them. Without
+    `check_dependencies` (a file that gives tasks of a batch new inputs), `depends_on` may name
+    tasks the file does not hold.
     """
     source = Path(path)
     problems: list[InputProblem] = []
     drafts, complete = _read_source(source, default_kind, problems)
-    _check_batch(source, drafts, complete, default_kind, known_kinds, existing_ids, problems)
+    _check_batch(
+        source,
+        drafts,
+        complete,
+        default_kind,
+        known_kinds,
+        existing_ids,
+        problems,
+        check_dependencies=check_dependencies,
+    )
     if problems:
         # Whole-file problems (no line) first, then by line; sort is stable within a line.
         problems.sort(key=lambda p: (p.path, p.line or 0))
@@ -565,6 +577,8 @@ def _check_batch(
     known_kinds: Collection[str] | None,
     existing_ids: Collection[str],
     problems: list[InputProblem],
+    *,
+    check_dependencies: bool,
 ) -> None:
     if known_kinds is not None:
         _check_kinds(source, drafts, default_kind, known_kinds, problems)
@@ -581,7 +595,8 @@ def _check_batch(
             problems.append(draft.problem(f"duplicate id {draft.id!r} (first used {place})"))
         else:
             first[draft.id] = draft
-    _check_dependencies(first, existing, complete, problems)
+    if check_dependencies:
+        _check_dependencies(first, existing, complete, problems)
 
 
 def _check_kinds(

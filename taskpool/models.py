@@ -93,11 +93,15 @@ class _Lenient(BaseModel):
 # --- The task as the user defines it ------------------------------------------------------------
 
 
+# A task's input, as a task file gives it.
+TaskInput = str | dict[str, JsonValue]
+
+
 class TaskSpec(_Model):
     """One unit of work, as written in an input file."""
 
     id: str = Field(min_length=1, max_length=200)
-    input: str | dict[str, JsonValue]
+    input: TaskInput
     label: str | None = None
     kind: str = "summarize"
     priority: Priority = Priority.NORMAL
@@ -263,6 +267,9 @@ class AddTasksRequest(_Lenient):
 class RetryTasksRequest(_Lenient):
     task_ids: list[str] = Field(default_factory=list)
     all_failed: bool = False
+    # New inputs for some of the tasks retried, by task id: the store's definition is replaced
+    # before the task is queued again, so its next attempt reads the new input.
+    inputs: dict[str, TaskInput] = Field(default_factory=dict)
 
 
 class CancelTasksRequest(_Lenient):
@@ -465,6 +472,8 @@ class TaskRecordUpdate(_Model):
     retry_count: int | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # A retry's new input replaces the task's definition input.
+    input: TaskInput | None = None
     events: list[TaskEvent] = Field(default_factory=list)
     # A model turn's write: its events replace any whose key starts with this prefix, which an
     # earlier attempt of the same turn may have written before it was lost.

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 
 from taskpool import names
 from taskpool.batches import (
-    ADD_GROUP_BYTES,
+    UPDATE_GROUP_BYTES,
     add_tasks,
     batch_status,
     cancel_batch,
@@ -254,7 +254,7 @@ async def test_a_large_addition_goes_in_groups_and_every_definition_reaches_the_
     text = "lorem ipsum " * 400
     added = [TaskSpec(id=f"extra-{i}", input=f"{i}: {text}") for i in range(300)]
     # About 1.4 MB of definitions: more than one update should carry.
-    assert len(AddTasksRequest(tasks=added).model_dump_json()) > 2 * ADD_GROUP_BYTES
+    assert len(AddTasksRequest(tasks=added).model_dump_json()) > 2 * UPDATE_GROUP_BYTES
 
     status = await add_tasks(client, batch_id, added)
 

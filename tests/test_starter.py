@@ -316,6 +316,102 @@ async def test_pause_concurrency_add_retry_resume_cancel(
     assert watched.json_lines()[-1]["state"] == "cancelled"
 
 
+async def test_retry_runs_failed_tasks_again_some_with_new_inputs(
+    env: dict[str, str],
+    client: Client,
+    worker: Worker,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+    tmp_path: Path,
+) -> None:
+    # "hold" keeps the batch running while its failed tasks are retried; the other slot runs
+    # the rest in file order, and each "bad" task's first attempt fails.
+    scripted.script(
+        "hold", Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "late"})], latency=60)
+    )
+    bad = ["bad-1", "bad-2", "bad-3", "bad-4"]
+    for task_id in bad:
+        scripted.script(
+            task_id, Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})])
+        )
+    source = write_jsonl(
+        tmp_path / "tasks.jsonl",
+        {"id": "hold", "input": "Hold."},
+        *({"id": task_id, "input": f"Garbled text of {task_id}."} for task_id in bad),
+        {"id": "fine", "input": "Fine."},
+    )
+    started = await starter(env, "start", str(source), "--batch-id", batch_id, "--concurrency", "2")
+    assert started.code == 0, started.err
+
+    async def settled(failed: int, completed: int) -> None:
+        counts = (await batch_status(client, batch_id)).counts
+        assert (counts["failed"], counts["completed"]) == (failed, completed), counts
+
+    await eventually(lambda: settled(failed=4, completed=1))
+
+    (tmp_path / "bad-2.txt").write_text("Second text, legible at last.", encoding="utf-8")
+    # As the batch's own task file with the input edited: the dependency is on a task of the
+    # batch, not of this file, and the retry keeps the task's own (none).
+    inputs = write_jsonl(
+        tmp_path / "inputs.jsonl",
+        {"id": "bad-3", "input": {"text": "Third text, as an object."}, "depends_on": ["hold"]},
+    )
+    strays = write_jsonl(tmp_path / "strays.jsonl", {"id": "fine", "input": "Again."})
+    one, two, three, four, stray, unnamed, unreadable = await asyncio.gather(
+        starter(env, "retry", batch_id, "--task", "bad-1", "--input", "First text, legible."),
+        starter(
+            env, "retry", batch_id, "--task", "bad-2", "--input-file", str(tmp_path / "bad-2.txt")
+        ),
+        starter(env, "retry", batch_id, "--inputs", str(inputs)),
+        starter(env, "retry", batch_id, "--task", "bad-4"),
+        starter(env, "retry", batch_id, "--inputs", str(strays)),
+        starter(env, "retry", batch_id, "--failed", "--input", "For whom?"),
+        starter(env, "retry", batch_id, "--task", "bad-1", "--input-file", str(tmp_path / "nope")),
+    )
+    for run in (one, two, three, four):
+        assert run.code == 0, run.err
+    assert f"retrying 1 tasks of batch {batch_id} (1 with a new input): bad-1" in one.out
+    assert stray.code == 2
+    assert "refused the request: task 'fine' is completed; only failed tasks retry" in stray.err
+    assert unnamed.code == 2
+    assert "name that one task with --task" in unnamed.err
+    assert unreadable.code == 2
+    assert f"cannot read {tmp_path / 'nope'}: No such file or directory" in unreadable.err
+
+    await eventually(lambda: settled(failed=0, completed=5))
+
+    new_inputs = {
+        "bad-1": "First text, legible.",
+        "bad-2": "Second text, legible at last.",
+        "bad-3": "Third text, as an object.",
+    }
+    for task_id in bad:
+        first, again = scripted.records_for(task_id)
+        assert f"Garbled text of {task_id}." in json.dumps(first.body)
+        sent_again = json.dumps(again.body)
+        assert new_inputs.get(task_id, f"Garbled text of {task_id}.") in sent_again
+        assert "Garbled" not in sent_again or task_id == "bad-4"
+    async with opened_store(env["TASKPOOL_STORE"]) as store:
+        records = {
+            task_id: await store.get_task(batch_id, task_id, with_events=True) for task_id in bad
+        }
+    for task_id, record in records.items():
+        assert record is not None
+        assert (record.status, record.retry_count, record.attempt) == (TaskStatus.COMPLETED, 1, 2)
+        replaced = [e for e in record.events if e.key == "batch:1:input"]
+        if task_id in new_inputs:
+            assert [e.message for e in replaced] == ["input replaced for retry 1"]
+        else:
+            assert replaced == []
+    assert records["bad-3"] is not None
+    assert records["bad-3"].definition().input == {"text": "Third text, as an object."}
+    assert records["bad-4"] is not None
+    assert records["bad-4"].definition().input == "Garbled text of bad-4."
+
+    cancelled = await starter(env, "cancel", batch_id)
+    assert cancelled.code == 0, cancelled.err
+
+
 # --- mistakes -------------------------------------------------------------------------------------
 
 
@@ -422,7 +518,7 @@ async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, st
     ("argv", "message"),
     [
         (["concurrency", "b", "0"], "0 is not between 1 and 1000"),
-        (["retry", "b"], "one of the arguments --failed --task is required"),
+        (["retry", "b"], "one of the arguments --failed --task --inputs is required"),
         (["start", "tasks.jsonl", "--priority", "asap"], "'asap' is not one of low, normal"),
         (["start", "tasks.jsonl", "--model-calls", "remote"], "invalid choice: 'remote'"),
         (["watch", "b", "--interval", "0"], "give between 0.1 and 3600 seconds"),

@@ -382,6 +382,30 @@ async def test_retry_clears_the_previous_attempts_outcome(store: Store) -> None:
     assert retried.started_at == at(2)
 
 
+async def test_a_retry_with_a_new_input_replaces_only_the_input(store: Store) -> None:
+    await store.register_tasks(register("a", "b"))
+    replaced = TaskRecordUpdate(
+        batch_id=BATCH,
+        task_id="a",
+        input="a shorter text",
+        events=[event("batch:1:input", EventType.COMMENT, 5)],
+    )
+    await store.apply([replaced])
+    await store.apply([replaced])
+
+    task = await store.get_task(BATCH, "a", with_events=True)
+    other = await store.get_task(BATCH, "b")
+    assert task is not None
+    assert other is not None
+    assert task.definition().input == "a shorter text"
+    assert task.definition().metadata == {"n": 0}
+    assert task.status is TaskStatus.PENDING
+    # Written twice, recorded once.
+    assert [(e.key, e.type) for e in task.events][-1:] == [("batch:1:input", EventType.COMMENT)]
+    assert [e.key for e in task.events].count("batch:1:input") == 1
+    assert other.definition().input == {"text": "input of b"}
+
+
 async def test_order_follows_registration_and_event_insertion(store: Store) -> None:
     await store.register_tasks(register("zeta", "alpha", "mid"))
     await store.register_tasks(register("beta", "alpha"))

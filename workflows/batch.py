@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from temporalio import workflow
 from temporalio.exceptions import (
+    ApplicationError,
     CancelledError,
     ChildWorkflowError,
     FailureError,
@@ -109,6 +110,10 @@ class BatchWorkflow:
         # Children this run started and awaits, by workflow id; those that confirmed the hand-over.
         self._awaited: dict[str, TaskRow] = {}
         self._handed_over: set[str] = set()
+        # A retry that brings new inputs queues its tasks only after their store write. Retries
+        # take turns, so one accepted meanwhile cannot queue such a task before its new input is
+        # written (a turn on another worker would read the old one).
+        self._retrying = asyncio.Lock()
 
     @property
     def _local_turns(self) -> bool:
@@ -161,7 +166,12 @@ class BatchWorkflow:
             self._dispatch()
             await self._flush_store()
             self._refresh_visibility()
-            if self._starting == 0 and not self._table.can_progress():
+            # A retry still writing new inputs has tasks to queue: the batch is not done.
+            if (
+                self._starting == 0
+                and not self._table.can_progress()
+                and not self._retrying.locked()
+            ):
                 self._note_changes(self._table.cancel_blocked_for_good(workflow.now()))
                 await self._flush_store()
                 return
@@ -291,21 +301,24 @@ class BatchWorkflow:
 
     @workflow.update(name=names.RETRY_TASKS)
     async def retry_tasks(self, request: RetryTasksRequest) -> BatchStatus:
-        for entry in self._retry_targets(request):
-            self._note_changes(self._table.retry(entry), EventType.RETRIED)
+        async with self._retrying:
+            if request.inputs:
+                # The next attempt's first turn reads the definition: the input goes first.
+                await self._replace_inputs(request)
+                if self._run.cancel_reason is not None:
+                    raise ApplicationError(
+                        f"the batch was cancelled ({self._run.cancel_reason}) while the new "
+                        "inputs were written; nothing was retried",
+                        non_retryable=True,
+                    )
+            for entry in self._still_failed(request):
+                self._note_changes(self._table.retry(entry), EventType.RETRIED)
         self._wake = True
         return self.status()
 
     @retry_tasks.validator
     def _validate_retry_tasks(self, request: RetryTasksRequest) -> None:
         self._reject_if_closing()
-        if not self._retry_targets(request):
-            raise ValueError("no failed tasks to retry")
-
-    def _retry_targets(self, request: RetryTasksRequest) -> list[TaskRow]:
-        if request.all_failed:
-            return list(self._table.with_status(TaskStatus.FAILED))
-        targets = []
         for task_id in request.task_ids:
             entry = self._table.get(task_id)
             if entry is None:
@@ -314,8 +327,47 @@ class BatchWorkflow:
                 raise ValueError(
                     f"task {task_id!r} is {entry.status.value}; only failed tasks retry"
                 )
-            targets.append(entry)
-        return targets
+        retried = {entry.id for entry in self._still_failed(request)}
+        if not retried:
+            raise ValueError("no failed tasks to retry")
+        strays = [task_id for task_id in request.inputs if task_id not in retried]
+        if strays:
+            shown = ", ".join(repr(task_id) for task_id in strays[:5])
+            raise ValueError(f"new inputs given for tasks this request does not retry: {shown}")
+
+    def _still_failed(self, request: RetryTasksRequest) -> list[TaskRow]:
+        """The failed tasks a retry names. A task another retry has queued since this one was
+        accepted is left out, so it is not queued twice."""
+        if request.all_failed:
+            return list(self._table.with_status(TaskStatus.FAILED))
+        entries = (self._table.get(task_id) for task_id in dict.fromkeys(request.task_ids))
+        return [e for e in entries if e is not None and e.status is TaskStatus.FAILED]
+
+    async def _replace_inputs(self, request: RetryTasksRequest) -> None:
+        now = workflow.now()
+        updates = []
+        for entry in self._still_failed(request):
+            if entry.id not in request.inputs:
+                continue
+            retry = entry.retry_count + 1
+            event = TaskEvent(
+                key=f"batch:{retry}:input",
+                type=EventType.COMMENT,
+                at=now,
+                message=f"input replaced for retry {retry}",
+            )
+            updates.append(
+                TaskRecordUpdate(
+                    batch_id=self._batch_id,
+                    task_id=entry.id,
+                    input=request.inputs[entry.id],
+                    events=[event],
+                )
+            )
+        if updates:
+            await workflow.execute_local_activity(
+                names.RECORD_TASKS, RecordTasksRequest(updates=updates), **STORE_WRITE_OPTIONS
+            )
 
     @workflow.update(name=names.CANCEL_TASKS)
     async def cancel_tasks(self, request: CancelTasksRequest) -> BatchStatus:

@@ -55,6 +55,7 @@ from taskpool.models import (
     BatchState,
     BatchStatus,
     Priority,
+    TaskInput,
     TaskRecord,
     TaskSpec,
     TaskStatus,
@@ -230,11 +231,19 @@ def _note_a_large_file(ctx: Context, source: Path) -> None:
 
 
 def _load(
-    source: Path, *, default_kind: str | None, existing: Sequence[str] = ()
+    source: Path,
+    *,
+    default_kind: str | None,
+    existing: Sequence[str] = (),
+    check_dependencies: bool = True,
 ) -> list[TaskSpec]:
     try:
         return load_tasks(
-            source, default_kind=default_kind, known_kinds=agents.KINDS, existing_ids=existing
+            source,
+            default_kind=default_kind,
+            known_kinds=agents.KINDS,
+            existing_ids=existing,
+            check_dependencies=check_dependencies,
         )
     except InputError as err:
         raise CliError(f"{err}\nnothing was started or changed", USAGE) from None
@@ -544,25 +553,59 @@ async def retry(ctx: Context, args: argparse.Namespace) -> int:
         "a finished batch cannot retry its tasks: start a new batch with the failed ones "
         f"({render.command('tasks', args.batch, '--status', 'failed')} lists them)"
     )
+    # A bad input file is reported before anything is contacted.
+    inputs = _retry_inputs(args)
     client, info = await _running_batch(ctx, args.batch, consequence)
     if args.failed:
         task_ids = [view.id for view in await _all_tasks(client, info, TaskStatus.FAILED)]
+    elif args.inputs_file is not None:
+        task_ids = list(inputs)
     else:
         task_ids = list(dict.fromkeys(args.task_ids))
     try:
         answer = await batches.retry_tasks(
-            client, info.batch_id, task_ids=task_ids, all_failed=args.failed
+            client, info.batch_id, task_ids=task_ids, all_failed=args.failed, inputs=inputs
         )
     except UPDATE_ERRORS as err:
         raise update_problem(err, info, client, consequence) from None
     shown = ", ".join(task_ids[:FAILURES_SHOWN]) + (
         " ..." if len(task_ids) > FAILURES_SHOWN else ""
     )
+    with_inputs = f" ({len(inputs)} with a new input)" if inputs else ""
     ctx.say(
-        f"retrying {len(task_ids)} tasks of batch {info.batch_id}: {shown}",
+        f"retrying {len(task_ids)} tasks of batch {info.batch_id}{with_inputs}: {shown}",
         f"  now: {render.counts_line(answer.counts)}",
     )
     return OK
+
+
+def _retry_inputs(args: argparse.Namespace) -> dict[str, TaskInput]:
+    """The new inputs a retry gives, by task id."""
+    if args.inputs_file is not None:
+        # The file may be the batch's own task file with inputs edited: its dependencies are the
+        # batch's business, not this request's.
+        specs = _load(Path(args.inputs_file), default_kind=None, check_dependencies=False)
+        return {spec.id: spec.input for spec in specs}
+    new_input: str | None = args.input
+    if args.input_file is not None:
+        new_input = _read_input_file(Path(args.input_file))
+    if new_input is None:
+        return {}
+    named = list(dict.fromkeys(args.task_ids or ()))
+    if len(named) != 1:
+        raise CliError(
+            "--input and --input-file give one task's new input: name that one task with --task",
+            USAGE,
+        )
+    return {named[0]: new_input}
+
+
+def _read_input_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise CliError(f"cannot read {path}: {reason}; nothing was changed", USAGE) from None
 
 
 async def concurrency(ctx: Context, args: argparse.Namespace) -> int:

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry = command(
         "retry",
         "Run failed tasks of a running batch again.",
+        "A retried task keeps its kind, priority and dependencies; with --input, --input-file or\n"
+        "--inputs it runs with a new input, which replaces the one in the task store.\n"
         "A batch that has finished takes no more retries: retry while it runs, or start a new\n"
         "batch with the failed tasks.",
     )
@@ -210,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         help="retry these failed tasks",
+    )
+    which.add_argument(
+        "--inputs",
+        dest="inputs_file",
+        metavar="FILE|DIR",
+        help="retry the tasks in this task file (formats as for start), each with the input it "
+        "gives; other fields are ignored",
+    )
+    new_input = retry.add_mutually_exclusive_group()
+    new_input.add_argument(
+        "--input", metavar="TEXT", help="with one --task: run it again with this input"
+    )
+    new_input.add_argument(
+        "--input-file",
+        metavar="PATH",
+        help="with one --task: run it again with this file's text as its input",
     )
 
     concurrency = command("concurrency", "Change how many tasks of a batch run at once.")

@@ -277,6 +277,8 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
         values["started_at"] = encode_time(update.started_at)
     if update.completed_at is not None:
         values["completed_at"] = encode_time(update.completed_at)
+    if update.input is not None:
+        values["input"] = encode_json(update.input)
     latest = max((event.at for event in update.events), key=decode_time, default=now)
     values["updated_at"] = encode_time(latest)
     return values
