@@ -26,9 +26,23 @@ from temporalio.client import Client, WorkflowExecution  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from taskpool.batches import pause_batch, resume_batch, start_batch  # noqa: E402
+from taskpool import names  # noqa: E402
+from taskpool.batches import (  # noqa: E402
+    batch_handle,
+    pause_batch,
+    resume_batch,
+    retry_tasks,
+    start_batch,
+)
 from taskpool.devserver import find_temporal_cli  # noqa: E402
-from taskpool.models import AgentSettings, BatchOptions, TaskSpec  # noqa: E402
+from taskpool.models import (  # noqa: E402
+    AgentSettings,
+    BatchOptions,
+    TaskQuery,
+    TaskSpec,
+    TaskStatus,
+    TaskView,
+)
 from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
 from taskpool.settings import Settings  # noqa: E402
 from taskpool.store import opened_store  # noqa: E402
@@ -87,7 +101,17 @@ async def record_batch(
         Reply(tool_calls=[ToolCallSpec("start_task", {})]),
         Reply(tool_calls=[ToolCallSpec("report_progress", {"percent": 40})]),
     )
+    # "again" fails, and is retried with a new input while "slow" keeps the batch running.
+    model.script(
+        f"{batch_id}/again", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "unreadable"})])
+    )
+    model.script(
+        f"{batch_id}/slow",
+        Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "slow"})], latency=5),
+    )
     specs = [
+        TaskSpec(id="again", input="Unreadable.", priority="urgent"),
+        TaskSpec(id="slow", input="Takes a while.", priority="urgent"),
         TaskSpec(id="plain", input="A plain text."),
         TaskSpec(id="flaky", input="Rate limited once."),
         TaskSpec(id="quiet", input="The model never finishes."),
@@ -106,6 +130,7 @@ async def record_batch(
     await pause_batch(client, batch_id, reason="recording")
     await asyncio.sleep(0.5)
     await resume_batch(client, batch_id)
+    await retry_when_failed(client, batch_id, "again", "Readable now.")
     await handle.result()
     expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
     executions = await listed_when_visible(client, batch_id, expected)
@@ -116,6 +141,19 @@ async def record_batch(
         name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
         (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
     return len(executions)
+
+
+async def retry_when_failed(client: Client, batch_id: str, task_id: str, new_input: str) -> None:
+    handle = batch_handle(client, batch_id)
+    deadline = time.monotonic() + 30
+    while True:
+        view = await handle.query(names.TASK, TaskQuery(task_id=task_id), result_type=TaskView)
+        if view.status is TaskStatus.FAILED:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"task {task_id} never failed")
+        await asyncio.sleep(0.2)
+    await retry_tasks(client, batch_id, task_ids=[task_id], inputs={task_id: new_input})
 
 
 async def listed_when_visible(
