@@ -234,9 +234,30 @@ async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
     assert [(row["id"], row["error"]["message"], row["result"]) for row in failed] == [
         ("doc-x", "nope", None)
     ]
-    # A closed workflow takes no updates; the user hears that the batch is over, not an RPC code.
+    # A closed workflow takes no updates; the user hears that the batch is over, not an RPC code,
+    # and how to run the failed tasks again.
     assert retried.code == 1
     assert f"batch {batch_id} has finished; a finished batch cannot retry" in retried.err
+    export = f"results {batch_id} --status failed --as-tasks --out failed.jsonl"
+    assert f"python starter.py {export}, then python starter.py start failed.jsonl" in retried.err
+
+    # Which is a round trip: the failed task, as a task file, starts a new batch.
+    failed_file = tmp_path / "failed.jsonl"
+    exported_tasks, none_cancelled = await asyncio.gather(
+        starter(
+            env, "results", batch_id, "--status", "failed", "--as-tasks", "--out", str(failed_file)
+        ),
+        starter(env, "results", batch_id, "--status", "cancelled", "--json"),
+    )
+    assert exported_tasks.code == 0, exported_tasks.err
+    assert f"wrote 1 tasks of batch {batch_id} to {failed_file}" in exported_tasks.out
+    assert [json.loads(line) for line in failed_file.read_text().splitlines()] == [
+        {"id": "doc-x", "input": "Klingon", "kind": "summarize", "priority": "normal"}
+    ]
+    assert (none_cancelled.code, none_cancelled.out) == (0, "")
+    again = await starter(env, "start", str(failed_file), "--wait", "--batch-id", f"{batch_id}-2")
+    assert again.code == 0, again.out + again.err
+    assert "completed 1" in again.out
 
 
 # --- steering a running batch ---------------------------------------------------------------------

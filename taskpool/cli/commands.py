@@ -45,7 +45,7 @@ from taskpool.cli.errors import (
     signal_problem,
     update_problem,
 )
-from taskpool.cli.export import write_jsonl
+from taskpool.cli.export import result_row, task_row, write_jsonl
 from taskpool.cli.watch import JsonLinesView, LiveView, PlainLinesView, SilentView, View, follow
 from taskpool.inputs import InputError, load_tasks
 from taskpool.models import (
@@ -408,18 +408,23 @@ async def _all_tasks(client: Client, info: BatchInfo, status: TaskStatus | None)
 async def results(ctx: Context, args: argparse.Namespace) -> int:
     url = _existing_store(args.store or ctx.settings().store_url)
     async with _task_store(url, "read") as store:
-        records = await store.list_tasks(args.batch)
-    if not records:
+        records = await store.list_tasks(args.batch, status=args.status)
+        # No tasks in one state is an answer; no tasks at all is a batch the store does not know.
+        known = bool(records) or (
+            args.status is not None and bool(await store.list_tasks(args.batch))
+        )
+    if not known:
         raise CliError(
             f"the task store at {display_url(url)} has no tasks of batch {args.batch}", USAGE
         )
+    row = task_row if args.as_tasks else result_row
     if args.out:
-        count = _write_results(records, Path(args.out))
+        count = _write_results(records, Path(args.out), row)
         counts = Counter(record.status.value for record in records)
         ctx.say(f"wrote {count} tasks of batch {args.batch} to {args.out}")
         ctx.say(f"  {render.counts_line(counts)}")
-    elif args.json:
-        write_jsonl(records, ctx.stdout)
+    elif args.json or args.as_tasks:
+        write_jsonl(records, ctx.stdout, row)
         ctx.stdout.flush()
     else:
         ctx.show(render.results_table(records))
@@ -465,10 +470,12 @@ def _store_exists(url: str) -> bool:
     return is_postgres(url) or sqlite_path(url).is_file()
 
 
-def _write_results(records: Sequence[TaskRecord], path: Path) -> int:
+def _write_results(
+    records: Sequence[TaskRecord], path: Path, row: Callable[[TaskRecord], dict[str, Any]]
+) -> int:
     try:
         with path.open("w", encoding="utf-8") as out:
-            return write_jsonl(records, out)
+            return write_jsonl(records, out, row)
     except OSError as err:
         raise CliError(f"cannot write {path}: {err.strerror or err}", USAGE) from None
 
@@ -549,9 +556,12 @@ async def add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def retry(ctx: Context, args: argparse.Namespace) -> int:
+    export = render.command(
+        "results", args.batch, "--status", "failed", "--as-tasks", "--out", "failed.jsonl"
+    )
     consequence = (
-        "a finished batch cannot retry its tasks: start a new batch with the failed ones "
-        f"({render.command('tasks', args.batch, '--status', 'failed')} lists them)"
+        "a finished batch cannot retry its tasks; run the failed ones in a new batch: "
+        f"{export}, then {render.command('start', 'failed.jsonl')}"
     )
     # A bad input file is reported before anything is contacted.
     inputs = _retry_inputs(args)

@@ -239,11 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
         "One row per task: id, status, result or error, attempts, tokens, duration. With --out\n"
         "or --json: JSON Lines with id, label, kind, status, result, error, attempt, retry_count,\n"
         "tokens {prompt, completion, total}, llm_calls, created_at, started_at, completed_at,\n"
-        "duration_seconds and metadata. Needs no Temporal server.",
+        "duration_seconds and metadata. With --as-tasks: the tasks themselves as a task file\n"
+        "(id, input, label, kind, priority, metadata), which `start` takes: run a finished\n"
+        "batch's failed tasks again with\n"
+        "  results BATCH --status failed --as-tasks --out failed.jsonl\n"
+        "  start failed.jsonl\n"
+        "Needs no Temporal server.",
     )
     output = results.add_mutually_exclusive_group()
     output.add_argument("--out", metavar="FILE", help="write JSON Lines to FILE")
     output.add_argument("--json", action="store_true", help="write JSON Lines to stdout")
+    results.add_argument(
+        "--status", type=_task_status, metavar="S", help="only tasks in this state (e.g. failed)"
+    )
+    results.add_argument(
+        "--as-tasks",
+        action="store_true",
+        help="write the tasks as a task file (to stdout without --out); dependencies are left out",
+    )
     _store_option(results, "the task store")
     add_demo_parser(commands)
     return parser
