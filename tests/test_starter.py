@@ -540,6 +540,9 @@ async def test_unknown_batch_and_no_server_are_one_line_errors(env: dict[str, st
     [
         (["concurrency", "b", "0"], "0 is not between 1 and 1000"),
         (["retry", "b"], "one of the arguments --failed --task --inputs is required"),
+        (["retry", "b", "--inputs", "new.jsonl", "--input", "x"], "name that one task with --task"),
+        (["retry", "b", "--task", "a", "b", "--input", "x"], "name that one task with --task"),
+        (["retry", "b", "--task", "a", "--input", "x", "--input-file", "y"], "not allowed with"),
         (["start", "tasks.jsonl", "--priority", "asap"], "'asap' is not one of low, normal"),
         (["start", "tasks.jsonl", "--model-calls", "remote"], "invalid choice: 'remote'"),
         (["watch", "b", "--interval", "0"], "give between 0.1 and 3600 seconds"),

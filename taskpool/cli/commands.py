@@ -591,23 +591,23 @@ async def retry(ctx: Context, args: argparse.Namespace) -> int:
 
 def _retry_inputs(args: argparse.Namespace) -> dict[str, TaskInput]:
     """The new inputs a retry gives, by task id."""
+    one_input = args.input is not None or args.input_file is not None
+    named = list(dict.fromkeys(args.task_ids or ()))
+    if one_input and len(named) != 1:
+        raise CliError(
+            "--input and --input-file give one task's new input: name that one task with --task",
+            USAGE,
+        )
     if args.inputs_file is not None:
         # The file may be the batch's own task file with inputs edited: its dependencies are the
         # batch's business, not this request's.
         specs = _load(Path(args.inputs_file), default_kind=None, check_dependencies=False)
         return {spec.id: spec.input for spec in specs}
-    new_input: str | None = args.input
     if args.input_file is not None:
-        new_input = _read_input_file(Path(args.input_file))
-    if new_input is None:
-        return {}
-    named = list(dict.fromkeys(args.task_ids or ()))
-    if len(named) != 1:
-        raise CliError(
-            "--input and --input-file give one task's new input: name that one task with --task",
-            USAGE,
-        )
-    return {named[0]: new_input}
+        return {named[0]: _read_input_file(Path(args.input_file))}
+    if args.input is not None:
+        return {named[0]: args.input}
+    return {}
 
 
 def _read_input_file(path: Path) -> str:

@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run failed tasks of a running batch again.",
         "A retried task keeps its kind, priority and dependencies; with --input, --input-file or\n"
         "--inputs it runs with a new input, which replaces the one in the task store.\n"
-        "A batch that has finished takes no more retries: retry while it runs, or start a new\n"
-        "batch with the failed tasks.",
+        "A batch that has finished takes no more retries: retry while it runs, or run its failed\n"
+        "tasks in a new batch (`results BATCH --status failed --as-tasks` writes them as a task\n"
+        "file).",
     )
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="retry every failed task")
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="inputs_file",
         metavar="FILE|DIR",
         help="retry the tasks in this task file (formats as for start), each with the input it "
-        "gives; other fields are ignored",
+        "gives; its other fields are not used",
     )
     new_input = retry.add_mutually_exclusive_group()
     new_input.add_argument(
