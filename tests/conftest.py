@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status, start_batch
 from taskpool.models import BatchOptions, BatchResult, TaskSpec
-from taskpool.scripted import ScriptedModelServer
+from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, opened_store
 from taskpool.temporal import ensure_search_attributes
@@ -138,6 +138,15 @@ async def start_test_batch(
         task_queue=settings.task_queue,
         store=settings.store_url,
         options=options,
+    )
+
+
+def script_slow_task(scripted: ScriptedModelServer, task_id: str, seconds: float) -> None:
+    """Make `task_id`'s model call take `seconds`, then complete it: a task that keeps its
+    batch running while a test steers it."""
+    scripted.script(
+        task_id,
+        Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "late"})], latency=seconds),
     )
 
 

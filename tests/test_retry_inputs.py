@@ -29,7 +29,7 @@ from taskpool.models import (
 )
 from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
-from tests.conftest import eventually, start_test_batch
+from tests.conftest import eventually, script_slow_task, start_test_batch
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer
@@ -53,9 +53,7 @@ async def test_a_retry_waits_for_its_new_input_and_the_batch_waits_for_the_retry
     # cannot be written yet. Then the batch has nothing left to run but must not end, and a
     # plain retry of "bad" accepted meanwhile must not queue it before its input is written
     # (its next turn would read the old one) nor a second time.
-    scripted.script(
-        "hold", Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "done"})], latency=3)
-    )
+    script_slow_task(scripted, "hold", seconds=3)
     scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
     specs = [TaskSpec(id="hold", input="Hold."), TaskSpec(id="bad", input="Garbled.")]
     handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))

@@ -49,7 +49,7 @@ from taskpool.models import (
 from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, opened_store
-from tests.conftest import ROOT, eventually, worker_environment
+from tests.conftest import ROOT, eventually, script_slow_task, worker_environment
 
 RUN_LIMIT_SECONDS = 60
 STATUS_KEYS = {"batch_id", "state", "total", "counts", "concurrency", "in_flight"}
@@ -273,9 +273,7 @@ async def test_pause_concurrency_add_retry_resume_cancel(
 ) -> None:
     # The first task's model call outlasts the test, so the batch is running whenever it is
     # steered, and with one slot the other tasks wait behind it until the concurrency grows.
-    scripted.script(
-        "slow", Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "late"})], latency=60)
-    )
+    script_slow_task(scripted, "slow", seconds=60)
     source = write_jsonl(tmp_path / "tasks.jsonl", {"id": "slow", "input": "Slow."}, *docs(8))
     more = write_jsonl(tmp_path / "more.jsonl", {"id": "extra-1", "input": "One more."})
     clash = write_jsonl(tmp_path / "clash.jsonl", {"id": "doc-1", "input": "Again."})
@@ -347,9 +345,7 @@ async def test_retry_runs_failed_tasks_again_some_with_new_inputs(
 ) -> None:
     # "hold" keeps the batch running while its failed tasks are retried; the other slot runs
     # the rest in file order, and each "bad" task's first attempt fails.
-    scripted.script(
-        "hold", Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "late"})], latency=60)
-    )
+    script_slow_task(scripted, "hold", seconds=60)
     bad = ["bad-1", "bad-2", "bad-3", "bad-4"]
     for task_id in bad:
         scripted.script(
