@@ -250,7 +250,7 @@ async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
         starter(env, "results", batch_id, "--status", "cancelled", "--json"),
     )
     assert exported_tasks.code == 0, exported_tasks.err
-    assert f"wrote 1 tasks of batch {batch_id} to {failed_file}" in exported_tasks.out
+    assert f"wrote 1 task of batch {batch_id} to {failed_file}" in exported_tasks.out
     assert [json.loads(line) for line in failed_file.read_text().splitlines()] == [
         {"id": "doc-x", "input": "Klingon", "kind": "summarize", "priority": "normal"}
     ]
@@ -301,7 +301,7 @@ async def test_pause_concurrency_add_retry_resume_cancel(
     )
     assert resized.code == 0, resized.err
     assert added.code == 0, added.err
-    assert f"added 1 tasks to batch {batch_id}; it now has 10 tasks" in added.out
+    assert f"added 1 task to batch {batch_id}; it now has 10 tasks" in added.out
     # Checked against the batch before anything is sent, with file and line.
     assert duplicate.code == 2
     assert f"{clash}:1: id 'doc-1' is already in the batch" in duplicate.err
@@ -387,7 +387,7 @@ async def test_retry_runs_failed_tasks_again_some_with_new_inputs(
     )
     for run in (one, two, three, four):
         assert run.code == 0, run.err
-    assert f"retrying 1 tasks of batch {batch_id} (1 with a new input): bad-1" in one.out
+    assert f"retrying 1 task of batch {batch_id} (1 with a new input): bad-1" in one.out
     assert stray.code == 2
     assert "refused the request: task 'fine' is completed; only failed tasks retry" in stray.err
     assert unnamed.code == 2

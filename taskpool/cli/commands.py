@@ -191,7 +191,9 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         started = {"batch_id": batch_id, "total": len(specs), "task_queue": task_queue}
         ctx.json_line(json.dumps(started))
     else:
-        ctx.say(f"started batch {batch_id}: {len(specs)} tasks on task queue {task_queue!r}")
+        ctx.say(
+            f"started batch {batch_id}: {render.tasks(len(specs))} on task queue {task_queue!r}"
+        )
         if not args.wait:
             ctx.say(*_next_steps(batch_id))
     if not args.wait:
@@ -421,7 +423,7 @@ async def results(ctx: Context, args: argparse.Namespace) -> int:
     if args.out:
         count = _write_results(records, Path(args.out), row)
         counts = Counter(record.status.value for record in records)
-        ctx.say(f"wrote {count} tasks of batch {args.batch} to {args.out}")
+        ctx.say(f"wrote {render.tasks(count)} of batch {args.batch} to {args.out}")
         ctx.say(f"  {render.counts_line(counts)}")
     elif args.json or args.as_tasks:
         write_jsonl(records, ctx.stdout, row)
@@ -526,7 +528,7 @@ async def cancel(ctx: Context, args: argparse.Namespace) -> int:
         except UPDATE_ERRORS as err:
             raise update_problem(err, info, client, consequence) from None
         ctx.say(
-            f"cancelled {len(args.task_ids)} tasks of batch {info.batch_id} "
+            f"cancelled {render.tasks(len(args.task_ids))} of batch {info.batch_id} "
             f"({', '.join(args.task_ids[:FAILURES_SHOWN])}); the batch goes on",
             f"  now: {render.counts_line(answer.counts)}",
         )
@@ -551,7 +553,10 @@ async def add(ctx: Context, args: argparse.Namespace) -> int:
         answer = await batches.add_tasks(client, info.batch_id, specs)
     except UPDATE_ERRORS as err:
         raise update_problem(err, info, client, consequence) from None
-    ctx.say(f"added {len(specs)} tasks to batch {info.batch_id}; it now has {answer.total} tasks")
+    ctx.say(
+        f"added {render.tasks(len(specs))} to batch {info.batch_id}; "
+        f"it now has {render.tasks(answer.total)}"
+    )
     return OK
 
 
@@ -583,7 +588,7 @@ async def retry(ctx: Context, args: argparse.Namespace) -> int:
     )
     with_inputs = f" ({len(inputs)} with a new input)" if inputs else ""
     ctx.say(
-        f"retrying {len(task_ids)} tasks of batch {info.batch_id}{with_inputs}: {shown}",
+        f"retrying {render.tasks(len(task_ids))} of batch {info.batch_id}{with_inputs}: {shown}",
         f"  now: {render.counts_line(answer.counts)}",
     )
     return OK

@@ -11,7 +11,7 @@ from taskpool.cli import render
 from taskpool.cli.commands import Context, _follow_and_report, _load, _progress_view
 from taskpool.cli.errors import OK, find_batch
 from taskpool.demo import SAMPLE_BATCH, embedded_environment
-from taskpool.models import BatchOptions
+from taskpool.models import BatchOptions, TaskStatus
 from taskpool.store import opened_store
 
 
@@ -29,7 +29,8 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
             options=BatchOptions(concurrency=args.concurrency),
         )
         page = _batch_page(env.ui_url, batch_id)
-        ctx.say(f"Batch {batch_id}: {len(specs)} tasks from {source}, {args.concurrency} at once")
+        count = render.tasks(len(specs))
+        ctx.say(f"Batch {batch_id}: {count} from {source}, {args.concurrency} at once")
         if page:
             ctx.say(f"  follow it in the Temporal UI: {page}")
         info = await find_batch(env.client, batch_id)
@@ -54,6 +55,13 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
                 f"{batch_id}.jsonl",
             )
         )
+        failed = sum(1 for record in records if record.status is TaskStatus.FAILED)
+        if failed:
+            url = env.settings.store_url
+            export = ("--status", "failed", "--as-tasks", "--out", "failed.jsonl")
+            ctx.say(f"Run the failed {render.tasks(failed)} again with:")
+            ctx.say("  " + render.command("results", batch_id, "--store", url, *export))
+            ctx.say("  " + render.command("demo", "--tasks", "failed.jsonl"))
         if page:
             ctx.say(f"The batch in the Temporal UI: {page}")
             if env.started_server:

@@ -61,6 +61,11 @@ def _shell_word(word: str) -> str:
     return word if safe else "'" + word.replace("'", "'\\''") + "'"
 
 
+def tasks(count: int) -> str:
+    """`count` followed by "task" or "tasks"."""
+    return f"{count} task" if count == 1 else f"{count} tasks"
+
+
 def counts_line(counts: Mapping[str, int]) -> str:
     """`completed 8 · failed 2`: the states that have tasks, in lifecycle order."""
     shown = [f"{s.value} {counts[s.value]}" for s in STATE_ORDER if counts.get(s.value)]
