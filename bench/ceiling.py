@@ -9,6 +9,11 @@ and of this (worker) process. Any taskpool bench should be compared against this
 
 --server picks the dev server's configuration (bench/_common.py SERVER_CONFIGS): untuned, the
 CLI's defaults, or durable, what `taskpool demo` runs; --pragma and --dynamic-config add to it.
+
+--gated is an experiment on utilisation with a model latency (--activity-seconds): each of the W
+slots starts its next child while the current one runs, held at a gate that the running child
+opens by signal as its activity ends, so a slot's next activity need not wait for a child start.
+It keeps 2 W children open and costs a signal per task (bench/NOTES-throughput.md, item 20).
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ class CeilingInput:
     tasks: int
     window: int
     activity_seconds: float = 0.0
+    gated: bool = False
+
+
+@dataclass
+class ChildInput:
+    activity_seconds: float
+    # A gated child waits for its predecessor's signal before its activity.
+    gated: bool = False
+    # The gated child this one opens when its activity ends.
+    successor: str | None = None
 
 
 @activity.defn
@@ -58,24 +73,43 @@ async def noop(seconds: float) -> None:
 
 @workflow.defn
 class CeilingChild:
+    def __init__(self) -> None:
+        self._open = False
+
+    @workflow.signal
+    def open_gate(self) -> None:
+        self._open = True
+
     @workflow.run
-    async def run(self, seconds: float) -> None:
+    async def run(self, params: ChildInput) -> None:
+        if params.gated:
+            await workflow.wait_condition(lambda: self._open)
+        seconds = params.activity_seconds
         await workflow.execute_activity(
             noop, seconds, start_to_close_timeout=timedelta(seconds=60 + seconds)
         )
+        if params.successor is not None:
+            # The parent starts the successor while this child runs, a whole activity earlier.
+            await workflow.get_external_workflow_handle(params.successor).signal(
+                CeilingChild.open_gate
+            )
 
 
 @workflow.defn
 class CeilingParent:
     @workflow.run
     async def run(self, params: CeilingInput) -> int:
+        if params.gated:
+            return await self._gated_slots(params)
         prefix = workflow.info().workflow_id
         in_flight: list[asyncio.Task[None]] = []
         started = finished = 0
         while finished < params.tasks:
             while started < params.tasks and len(in_flight) < params.window:
                 child = workflow.execute_child_workflow(
-                    CeilingChild.run, params.activity_seconds, id=f"{prefix}/{started}"
+                    CeilingChild.run,
+                    ChildInput(params.activity_seconds),
+                    id=f"{prefix}/{started}",
                 )
                 in_flight.append(asyncio.create_task(child))
                 started += 1
@@ -84,6 +118,33 @@ class CeilingParent:
                 task.result()
             finished += len(done)
         return finished
+
+    async def _gated_slots(self, params: CeilingInput) -> int:
+        prefix = workflow.info().workflow_id
+        window = min(params.window, params.tasks)
+
+        async def run_slot(slot: int) -> int:
+            count = params.tasks // window + (slot < params.tasks % window)
+            ids = [f"{prefix}/{slot}/{i}" for i in range(count)]
+            running = None
+            for i, child_id in enumerate(ids):
+                child = await workflow.start_child_workflow(
+                    CeilingChild.run,
+                    ChildInput(
+                        params.activity_seconds,
+                        gated=i > 0,
+                        successor=ids[i + 1] if i + 1 < count else None,
+                    ),
+                    id=child_id,
+                )
+                if running is not None:
+                    await running
+                running = child
+            if running is not None:
+                await running
+            return count
+
+        return sum(await asyncio.gather(*(run_slot(slot) for slot in range(window))))
 
 
 def worker_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,6 +178,7 @@ async def run_batch(client: Client, params: CeilingInput, args: argparse.Namespa
                 tasks=params.tasks // parents + (i < params.tasks % parents),
                 window=max(1, params.window // parents),
                 activity_seconds=params.activity_seconds,
+                gated=params.gated,
             )
             for i in range(parents)
         ]
@@ -140,7 +202,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         dynamic_config=parse_pairs(args.dynamic_config, "--dynamic-config"),
     )
     params = CeilingInput(
-        tasks=args.tasks, window=args.window, activity_seconds=args.activity_seconds
+        tasks=args.tasks,
+        window=args.window,
+        activity_seconds=args.activity_seconds,
+        gated=args.gated,
     )
     async with bench_server(config=config, in_memory=args.in_memory) as server:
         compression = GrpcCompression.NONE if args.no_compression else GrpcCompression.GZIP
@@ -154,6 +219,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "window": args.window,
         "activity_seconds": args.activity_seconds,
+        "gated": args.gated,
         "parents": args.parents,
         "server": config.name,
         "pragmas": dict(config.sqlite_pragmas),
@@ -180,9 +246,14 @@ def summary(r: dict[str, Any]) -> str:
         settings.insert(0, "in-memory")
     if r["wf_pollers"] != "sdk default" or r["act_pollers"] != "sdk default":
         settings.append(f"pollers={r['wf_pollers']}/{r['act_pollers']}")
+    pattern = "gated slots" if r["gated"] else "ceiling"
+    utilisation = ""
+    if r["activity_seconds"]:
+        ideal = r["window"] / r["activity_seconds"]
+        utilisation = f" ({r['tasks_per_s'] / ideal:.1%} of W / L = {ideal:g})"
     return (
-        f"ceiling: {r['tasks']} tasks, window {r['window']}: {r['wall_s']:.1f} s, "
-        f"{r['tasks_per_s']:.1f} tasks/s; "
+        f"{pattern}: {r['tasks']} tasks, window {r['window']}: {r['wall_s']:.1f} s, "
+        f"{r['tasks_per_s']:.2f} tasks/s{utilisation}; "
         f"server {r['server_cpu_s_per_task'] * 1000:.1f} ms CPU/task "
         f"({r['server_cpu_util']:.0%} of a core); worker "
         f"{r['worker_cpu_s_per_task'] * 1000:.1f} ms CPU/task ({r['worker_cpu_util']:.0%}); "
@@ -220,6 +291,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--in-memory", action="store_true", help="in-memory database (no file) for reference"
+    )
+    parser.add_argument(
+        "--gated",
+        action="store_true",
+        help="experiment: pre-start each slot's next child behind a gate its predecessor opens "
+        "by signal (2 W children open; see the module's docstring)",
     )
     parser.add_argument("--unsandboxed", action="store_true", help="run workflows unsandboxed")
     parser.add_argument(

@@ -76,6 +76,28 @@ def test_ceiling_against_taskpool() -> None:
     assert "taskpool / ceiling" in out
 
 
+def test_gated_slots_run_every_child() -> None:
+    out = run_bench(
+        "ceiling.py",
+        "--tasks",
+        "7",
+        "--window",
+        "2",
+        "--activity-seconds",
+        "0.1",
+        "--server",
+        "durable",
+        "--gated",
+        "--json",
+    )
+
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["tasks"], result["gated"]) == (7, True)
+    assert result["tasks_per_s"] > 0
+    assert out.startswith("gated slots: 7 tasks, window 2")
+    assert "of W / L = 20" in out
+
+
 def test_utilisation_with_its_one_task_floor() -> None:
     out = run_bench(
         "throughput.py",
