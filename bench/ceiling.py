@@ -328,7 +328,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result, sort_keys=True))
     if args.record:
         body = f"{summary(result)}\n\n```json\n{json.dumps(result, indent=2, sort_keys=True)}\n```"
-        append_result("ceiling", body, command=result["command"])
+        title = "ceiling, gated slots" if args.gated else "ceiling"
+        append_result(title, body, command=result["command"])
     return 0
 
 
