@@ -221,10 +221,13 @@ async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
     assert "failed 1" in run.out
     assert "doc-x: agent_failed: nope" in run.out
 
-    status, exported, retried = await asyncio.gather(
+    status, exported, retried, shown, shown_json, unknown = await asyncio.gather(
         starter(env, "status", batch_id),
         starter(env, "results", batch_id, "--json"),
         starter(env, "retry", batch_id, "--failed"),
+        starter(env, "task", batch_id, "doc-x"),
+        starter(env, "task", batch_id, "doc-x", "--json"),
+        starter(env, "task", batch_id, "doc-y"),
     )
     assert status.code == 0, status.err
     assert f"batch {batch_id}: failed" in status.out
@@ -234,6 +237,24 @@ async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
     assert [(row["id"], row["error"]["message"], row["result"]) for row in failed] == [
         ("doc-x", "nope", None)
     ]
+    # One task from the store: what it is, how it ended, and its history.
+    assert shown.code == 0, shown.err
+    assert shown.out.startswith("doc-x · failed · summarize · priority normal\n")
+    assert "1 LLM call\n" in shown.out
+    assert "error: agent_failed: nope" in shown.out
+    assert "input: Klingon" in shown.out
+    events = re.findall(r"^\d{4}-\d\d-\d\d [\d:.]+ +(\w+)", shown.out, re.MULTILINE)
+    assert events == ["created", "queued", "assigned", "started", "failed"]
+    [record] = shown_json.json_lines()
+    assert (record["task_id"], record["status"], record["error"]["message"]) == (
+        "doc-x",
+        "failed",
+        "nope",
+    )
+    assert [event["type"] for event in record["events"]] == events
+    assert unknown.code == 2
+    assert f"has no task 'doc-y' of batch {batch_id}" in unknown.err
+
     # A closed workflow takes no updates; the user hears that the batch is over, not an RPC code,
     # and how to run the failed tasks again.
     assert retried.code == 1

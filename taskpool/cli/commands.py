@@ -376,6 +376,25 @@ async def tasks(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
+async def task(ctx: Context, args: argparse.Namespace) -> int:
+    url = _existing_store(args.store or ctx.settings().store_url)
+    async with _task_store(url, "read") as store:
+        record = await store.get_task(args.batch, args.task_id, with_events=True)
+    if record is None:
+        raise CliError(
+            f"the task store at {display_url(url)} has no task {args.task_id!r} of batch "
+            f"{args.batch}",
+            USAGE,
+        )
+    if args.json:
+        ctx.json_line(record.model_dump_json())
+        return OK
+    ctx.say(*render.task_lines(record))
+    ctx.say("events:")
+    ctx.show(render.events_table(record.events))
+    return OK
+
+
 async def _with_store_details(batch_id: str, views: list[TaskView], url: str) -> list[TaskView]:
     """The batch keeps what scheduling needs; the store adds label, kind, tokens and times."""
     if not views or not _store_exists(url):
@@ -642,6 +661,7 @@ COMMANDS: dict[str, Command] = {
     "status": status,
     "watch": watch,
     "tasks": tasks,
+    "task": task,
     "results": results,
     "pause": pause,
     "resume": resume,

@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(tasks, "print one JSON object per task")
     _store_option(tasks, "where labels, kinds, tokens and times come from (skipped if missing)")
 
+    task = command(
+        "task",
+        "Show one task from the task store: its definition, outcome and event history.",
+        "Needs no Temporal server.",
+    )
+    task.add_argument("task_id", metavar="TASK", help="the task's id")
+    _json_option(task, "print the task's record, events included, as one JSON object")
+    _store_option(task, "the task store")
+
     pause = command(
         "pause",
         "Pause a batch: no new task or LLM call starts; calls already running finish.",

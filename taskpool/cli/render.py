@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -21,6 +21,7 @@ from taskpool.models import (
     BatchResult,
     BatchState,
     BatchStatus,
+    TaskEvent,
     TaskRecord,
     TaskStatus,
     TaskView,
@@ -77,7 +78,9 @@ def tokens_line(usage: TokenUsage, llm_calls: int | None = None) -> str:
         f"{usage.total_tokens:,} tokens ({usage.prompt_tokens:,} in, "
         f"{usage.completion_tokens:,} out)"
     )
-    return line if llm_calls is None else f"{line} · {llm_calls:,} LLM calls"
+    if llm_calls is None:
+        return line
+    return f"{line} · {llm_calls:,} LLM call{'' if llm_calls == 1 else 's'}"
 
 
 def duration(seconds: float | None) -> str:
@@ -211,6 +214,54 @@ def results_table(records: Iterable[TaskRecord]) -> Table:
             duration(record.duration_seconds),
         )
     return table
+
+
+INPUT_SHOWN = 300
+
+
+def task_lines(record: TaskRecord) -> list[str]:
+    """One task's record, for people: what it is, how it ended, what it cost."""
+    named = f" ({record.label})" if record.label != record.task_id else ""
+    lines = [
+        f"{record.task_id}{named} · {record.status.value} · {record.kind} · "
+        f"priority {record.priority.value}",
+        f"  attempt {record.attempt} · retries {record.retry_count} · "
+        f"{tokens_line(record.usage, record.llm_calls)}",
+    ]
+    times = [
+        f"{name} {_clock(at)}"
+        for name, at in (
+            ("created", record.created_at),
+            ("started", record.started_at),
+            ("completed", record.completed_at),
+        )
+        if at is not None
+    ]
+    took = duration(record.duration_seconds)
+    lines.append("  " + " · ".join(times + ([f"took {took}"] if took else [])))
+    if record.progress.percent and not record.status.is_terminal:
+        step = f" ({record.progress.step})" if record.progress.step else ""
+        lines.append(f"  progress {record.progress.percent:g}%{step}")
+    if record.error is not None:
+        lines.append(f"  error: {record.error.code}: {record.error.message}")
+    if record.result is not None:
+        lines.append(f"  result: {result_text(record.result)}")
+    lines.append(f"  input: {one_line(result_text(record.input), INPUT_SHOWN)}")
+    return lines
+
+
+def events_table(events: Iterable[TaskEvent]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("at (UTC)", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("message", overflow="fold")
+    for event in events:
+        table.add_row(_clock(event.at), event.type.value, event.message or "")
+    return table
+
+
+def _clock(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def result_text(result: object) -> str:
