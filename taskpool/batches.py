@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 
 from taskpool import names
@@ -18,6 +18,7 @@ from taskpool.models import (
     BatchOptions,
     BatchResult,
     BatchRun,
+    BatchState,
     BatchStatus,
     CancelRequest,
     CancelTasksRequest,
@@ -197,6 +198,53 @@ async def start_prepared(
 
 def batch_handle(client: Client, batch_id: str) -> WorkflowHandle[object, BatchResult]:
     return client.get_workflow_handle(batch_id, result_type=BatchResult)
+
+
+@dataclass(frozen=True)
+class BatchListing:
+    """A batch as Temporal's visibility store lists it."""
+
+    batch_id: str
+    # The batch's own state while it runs or once it ended; how its workflow closed when the
+    # batch could not say (terminated, timed out).
+    state: str
+    progress: int | None
+    # The current run's start: a batch that continued as new started earlier.
+    run_started_at: datetime
+    closed_at: datetime | None
+
+
+async def list_batches(
+    client: Client, *, state: BatchState | None = None, limit: int = 50
+) -> list[BatchListing]:
+    """Batches, newest run first. A batch that continued as new is listed once, by its current
+    or last run."""
+    query = f"WorkflowType = '{names.BATCH_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew'"
+    if state is not None:
+        query += f" AND {names.BATCH_STATE_ATTRIBUTE.name} = '{state.value}'"
+    listed = []
+    async for execution in client.list_workflows(query, limit=limit):
+        attributes = execution.typed_search_attributes
+        own_state = attributes.get(names.BATCH_STATE_ATTRIBUTE)
+        closed_by_batch = execution.status in (
+            WorkflowExecutionStatus.RUNNING,
+            WorkflowExecutionStatus.COMPLETED,
+            WorkflowExecutionStatus.CANCELED,
+        )
+        listed.append(
+            BatchListing(
+                batch_id=execution.id,
+                state=own_state if own_state and closed_by_batch else _closed_as(execution.status),
+                progress=attributes.get(names.BATCH_PROGRESS_ATTRIBUTE),
+                run_started_at=execution.start_time,
+                closed_at=execution.close_time,
+            )
+        )
+    return listed
+
+
+def _closed_as(status: WorkflowExecutionStatus | None) -> str:
+    return "unknown" if status is None else status.name.lower().replace("_", " ")
 
 
 async def batch_status(client: Client, batch_id: str) -> BatchStatus:

@@ -35,6 +35,7 @@ from taskpool.cli.commands import (
 from taskpool.cli.render import duration, live_frame
 from taskpool.cli.snapshot import RateMeter, RunningTask, Snapshot, pace
 from taskpool.models import (
+    BatchOptions,
     BatchResult,
     BatchState,
     BatchStatus,
@@ -49,7 +50,13 @@ from taskpool.models import (
 from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore, opened_store
-from tests.conftest import ROOT, eventually, script_slow_task, worker_environment
+from tests.conftest import (
+    ROOT,
+    eventually,
+    script_slow_task,
+    start_test_batch,
+    worker_environment,
+)
 
 RUN_LIMIT_SECONDS = 60
 STATUS_KEYS = {"batch_id", "state", "total", "counts", "concurrency", "in_flight"}
@@ -279,6 +286,58 @@ async def test_a_failed_task_makes_wait_exit_1_and_is_reported(
     again = await starter(env, "start", str(failed_file), "--wait", "--batch-id", f"{batch_id}-2")
     assert again.code == 0, again.out + again.err
     assert "completed 1" in again.out
+
+
+async def test_batches_lists_each_batch_once_with_its_state_and_progress(
+    env: dict[str, str],
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+) -> None:
+    script_slow_task(scripted, "slow", seconds=60)
+    continued = await start_test_batch(
+        client,
+        settings,
+        f"{batch_id}-continued",
+        [TaskSpec(id=f"doc-{i}", input=f"Text {i}.") for i in range(6)],
+        BatchOptions(concurrency=2, continue_as_new_after=2),
+    )
+    await continued.result()
+    held = await start_test_batch(
+        client, settings, f"{batch_id}-held", [TaskSpec(id="slow", input="Slow.")]
+    )
+    paused = await starter(env, "pause", f"{batch_id}-held")
+    assert paused.code == 0, paused.err
+
+    async def listed() -> tuple[dict[str, dict[str, Any]], Run]:
+        everything, only_paused = await asyncio.gather(
+            starter(env, "batches", "--json", "--limit", "1000"),
+            starter(env, "batches", "--state", "paused"),
+        )
+        ours = [row for row in everything.json_lines() if row["batch_id"].startswith(batch_id)]
+        runs = client.list_workflows(f"WorkflowId = '{batch_id}-continued'")
+        assert len([run async for run in runs]) > 1, "the batch continued as new"
+        # One row per batch, though the first has several runs.
+        assert sorted(row["batch_id"] for row in ours) == [
+            f"{batch_id}-continued",
+            f"{batch_id}-held",
+        ]
+        by_id = {row["batch_id"]: row for row in ours}
+        assert (by_id[f"{batch_id}-held"]["state"], by_id[f"{batch_id}-held"]["closed_at"]) == (
+            "paused",
+            None,
+        )
+        return by_id, only_paused
+
+    by_id, only_paused = await eventually(listed)
+    finished = by_id[f"{batch_id}-continued"]
+    assert (finished["state"], finished["progress"]) == ("completed", 100)
+    assert finished["closed_at"] is not None
+    assert f"{batch_id}-held" in only_paused.out
+    assert f"{batch_id}-continued" not in only_paused.out
+    await held.cancel()
 
 
 # --- steering a running batch ---------------------------------------------------------------------

@@ -376,6 +376,22 @@ async def tasks(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
+async def list_batches(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.client()
+    try:
+        listed = await batches.list_batches(client, state=args.state, limit=args.limit)
+    except RPCError as err:
+        raise CliError(f"Temporal could not list batches: {err.message}") from None
+    if args.json:
+        for batch in listed:
+            ctx.json_line(json.dumps(render.listing_row(batch)))
+    elif not listed:
+        ctx.say(f"no {args.state.value} batches" if args.state else "no batches")
+    else:
+        ctx.show(render.batches_table(listed))
+    return OK
+
+
 async def task(ctx: Context, args: argparse.Namespace) -> int:
     url = _existing_store(args.store or ctx.settings().store_url)
     async with _task_store(url, "read") as store:
@@ -662,6 +678,7 @@ COMMANDS: dict[str, Command] = {
     "watch": watch,
     "tasks": tasks,
     "task": task,
+    "batches": list_batches,
     "results": results,
     "pause": pause,
     "resume": resume,

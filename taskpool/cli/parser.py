@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from taskpool.cli.demo import add_demo_parser
-from taskpool.models import Priority, TaskStatus
+from taskpool.models import BatchState, Priority, TaskStatus
 
 PROG = "starter.py"
 
@@ -72,6 +72,14 @@ def _task_status(text: str) -> TaskStatus:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
 
 
+def _batch_state(text: str) -> BatchState:
+    try:
+        return BatchState(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in BatchState)
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+
 concurrency_value = _int_between(1, 1000)
 
 
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{summary}\n\n{details}" if details else summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if name not in ("start", "demo"):
+        if name not in ("start", "demo", "batches"):
             sub.add_argument("batch", metavar="BATCH", help="the batch id")
         return sub
 
@@ -163,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_option(tasks, "print one JSON object per task")
     _store_option(tasks, "where labels, kinds, tokens and times come from (skipped if missing)")
+
+    batches = command(
+        "batches",
+        "List batches, newest first, with their state and progress.",
+        "From Temporal's visibility store, which follows a batch's changes a moment late.",
+    )
+    batches.add_argument(
+        "--state",
+        type=_batch_state,
+        metavar="S",
+        help="only batches in this state: running, paused, completed, cancelled, failed",
+    )
+    batches.add_argument(
+        "--limit", type=_int_between(1, 10_000), default=50, metavar="N", help="at most N (50)"
+    )
+    _json_option(batches, "print one JSON object per batch")
 
     task = command(
         "task",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -16,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from taskpool.batches import BatchListing
 from taskpool.cli.snapshot import Snapshot, finished_count
 from taskpool.models import (
     BatchResult,
@@ -212,6 +214,34 @@ def results_table(records: Iterable[TaskRecord]) -> Table:
             str(record.attempt),
             f"{record.usage.total_tokens:,}",
             duration(record.duration_seconds),
+        )
+    return table
+
+
+def listing_row(batch: BatchListing) -> dict[str, Any]:
+    return {
+        "batch_id": batch.batch_id,
+        "state": batch.state,
+        "progress": batch.progress,
+        "run_started_at": batch.run_started_at.isoformat(),
+        "closed_at": batch.closed_at.isoformat() if batch.closed_at else None,
+    }
+
+
+def batches_table(listed: Iterable[BatchListing]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("batch", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("progress", no_wrap=True, justify="right")
+    table.add_column("run started (UTC)", no_wrap=True)
+    table.add_column("ended (UTC)", no_wrap=True)
+    for batch in listed:
+        table.add_row(
+            batch.batch_id,
+            batch.state,
+            "" if batch.progress is None else f"{batch.progress}%",
+            _clock(batch.run_started_at),
+            _clock(batch.closed_at) if batch.closed_at else "",
         )
     return table
 
