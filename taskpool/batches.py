@@ -222,11 +222,15 @@ async def list_batches(
     query = f"WorkflowType = '{names.BATCH_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew'"
     if state is not None:
         query += f" AND {names.BATCH_STATE_ATTRIBUTE.name} = '{state.value}'"
+        if state in (BatchState.RUNNING, BatchState.PAUSED):
+            query += " AND ExecutionStatus = 'Running'"
     listed = []
     async for execution in client.list_workflows(query, limit=limit):
         attributes = execution.typed_search_attributes
+        # The batch keeps the attribute current while it runs and sets it as it ends; a run
+        # ended from outside (terminated, timed out) leaves it as it was.
         own_state = attributes.get(names.BATCH_STATE_ATTRIBUTE)
-        closed_by_batch = execution.status in (
+        batch_said = execution.status in (
             WorkflowExecutionStatus.RUNNING,
             WorkflowExecutionStatus.COMPLETED,
             WorkflowExecutionStatus.CANCELED,
@@ -234,7 +238,7 @@ async def list_batches(
         listed.append(
             BatchListing(
                 batch_id=execution.id,
-                state=own_state if own_state and closed_by_batch else _closed_as(execution.status),
+                state=own_state if own_state and batch_said else _closed_as(execution.status),
                 progress=attributes.get(names.BATCH_PROGRESS_ATTRIBUTE),
                 run_started_at=execution.start_time,
                 closed_at=execution.close_time,

@@ -310,6 +310,12 @@ async def test_batches_lists_each_batch_once_with_its_state_and_progress(
     )
     paused = await starter(env, "pause", f"{batch_id}-held")
     assert paused.code == 0, paused.err
+    # Ended from outside, the batch never got to say so: the listing says how it closed.
+    script_slow_task(scripted, "stuck", seconds=60)
+    stopped = await start_test_batch(
+        client, settings, f"{batch_id}-stopped", [TaskSpec(id="stuck", input="Stuck.")]
+    )
+    await stopped.terminate(reason="an operator stopped it")
 
     async def listed() -> tuple[dict[str, dict[str, Any]], Run]:
         everything, only_paused = await asyncio.gather(
@@ -323,6 +329,7 @@ async def test_batches_lists_each_batch_once_with_its_state_and_progress(
         assert sorted(row["batch_id"] for row in ours) == [
             f"{batch_id}-continued",
             f"{batch_id}-held",
+            f"{batch_id}-stopped",
         ]
         by_id = {row["batch_id"]: row for row in ours}
         assert (by_id[f"{batch_id}-held"]["state"], by_id[f"{batch_id}-held"]["closed_at"]) == (
@@ -335,6 +342,7 @@ async def test_batches_lists_each_batch_once_with_its_state_and_progress(
     finished = by_id[f"{batch_id}-continued"]
     assert (finished["state"], finished["progress"]) == ("completed", 100)
     assert finished["closed_at"] is not None
+    assert by_id[f"{batch_id}-stopped"]["state"] == "terminated"
     assert f"{batch_id}-held" in only_paused.out
     assert f"{batch_id}-continued" not in only_paused.out
     await held.cancel()
