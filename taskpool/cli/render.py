@@ -52,6 +52,7 @@ STATE_STYLES: Mapping[TaskStatus, str] = {
 }
 RESULT_WIDTH = 60
 ERROR_WIDTH = 80
+INPUT_SHOWN = 300
 
 
 def command(*parts: str) -> str:
@@ -244,9 +245,6 @@ def batches_table(listed: Iterable[BatchListing]) -> Table:
             _clock(batch.closed_at) if batch.closed_at else "",
         )
     return table
-
-
-INPUT_SHOWN = 300
 
 
 def task_lines(record: TaskRecord) -> list[str]:
