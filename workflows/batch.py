@@ -308,7 +308,7 @@ class BatchWorkflow:
                 if self._run.cancel_reason is not None:
                     raise ApplicationError(
                         f"the batch was cancelled ({self._run.cancel_reason}) while the new "
-                        "inputs were written; nothing was retried",
+                        "inputs were written: the store has them, but nothing was retried",
                         non_retryable=True,
                     )
             for entry in self._still_failed(request):
