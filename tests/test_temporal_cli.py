@@ -10,10 +10,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from taskpool.batches import batch_status
-from taskpool.models import BatchOptions, BatchState
-from taskpool.scripted import ScriptedModelServer
+from taskpool.models import BatchOptions, BatchState, TaskSpec
+from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
-from tests.conftest import eventually, start_test_batch, temporal_cli
+from tests.conftest import eventually, script_slow_task, start_test_batch, temporal_cli
 from tests.test_batch_e2e import documents
 
 
@@ -98,3 +98,49 @@ async def test_cli_queries_status_and_pauses_and_resumes(
     )
     result = await handle.result()
     assert result.counts["completed"] == 12
+
+
+async def test_cli_retries_a_failed_task_with_a_new_input(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    temporal_address: str,
+    batch_id: str,
+) -> None:
+    script_slow_task(scripted, "hold", seconds=60)
+    scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
+    specs = [TaskSpec(id="hold", input="Hold."), TaskSpec(id="bad", input="Garbled.")]
+    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))
+
+    async def failed() -> None:
+        assert (await batch_status(client, batch_id)).counts["failed"] == 1
+
+    await eventually(failed)
+    request = {"task_ids": ["bad"], "inputs": {"bad": "The corrected text."}}
+    out = await temporal(
+        temporal_address,
+        "workflow",
+        "update",
+        "execute",
+        "--workflow-id",
+        batch_id,
+        "--name",
+        "retry_tasks",
+        "--input",
+        json.dumps(request),
+        "--output",
+        "json",
+    )
+    # The answer is the batch's status, with the task queued again.
+    answer = json.loads(out)["result"]
+    assert (answer["batch_id"], answer["counts"]["failed"]) == (batch_id, 0)
+
+    async def completed() -> None:
+        assert (await batch_status(client, batch_id)).counts["completed"] == 1
+
+    await eventually(completed)
+    first, again = scripted.records_for("bad")
+    assert "Garbled." in json.dumps(first.body)
+    assert "The corrected text." in json.dumps(again.body)
+    await handle.cancel()
