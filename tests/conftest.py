@@ -150,6 +150,28 @@ def script_slow_task(scripted: ScriptedModelServer, task_id: str, seconds: float
     )
 
 
+async def batch_with_a_failed_task(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+    *,
+    hold_seconds: float,
+) -> WorkflowHandle[object, BatchResult]:
+    """A running batch whose task "bad" (input "Garbled.") has failed, while its task "hold"
+    keeps the batch running for `hold_seconds`."""
+    script_slow_task(scripted, "hold", hold_seconds)
+    scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
+    specs = [TaskSpec(id="hold", input="Hold."), TaskSpec(id="bad", input="Garbled.")]
+    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))
+
+    async def failed() -> None:
+        assert (await batch_status(client, batch_id)).counts["failed"] == 1
+
+    await eventually(failed)
+    return handle
+
+
 async def eventually(
     check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
 ) -> T:

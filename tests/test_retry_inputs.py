@@ -19,17 +19,15 @@ from temporalio.worker import Worker
 from taskpool import names
 from taskpool.batches import batch_status
 from taskpool.models import (
-    BatchOptions,
     BatchState,
     BatchStatus,
     RetryTasksRequest,
     TaskQuery,
-    TaskSpec,
     TaskView,
 )
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
-from tests.conftest import eventually, script_slow_task, start_test_batch
+from tests.conftest import batch_with_a_failed_task
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer
@@ -53,15 +51,7 @@ async def test_a_retry_waits_for_its_new_input_and_the_batch_waits_for_the_retry
     # cannot be written yet. Then the batch has nothing left to run but must not end, and a
     # plain retry of "bad" accepted meanwhile must not queue it before its input is written
     # (its next turn would read the old one) nor a second time.
-    script_slow_task(scripted, "hold", seconds=3)
-    scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
-    specs = [TaskSpec(id="hold", input="Hold."), TaskSpec(id="bad", input="Garbled.")]
-    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))
-
-    async def failed() -> None:
-        assert (await batch_status(client, batch_id)).counts["failed"] == 1
-
-    await eventually(failed)
+    handle = await batch_with_a_failed_task(client, settings, scripted, batch_id, hold_seconds=3)
 
     with psycopg.connect(settings.store_url) as blocker:
         blocker.execute(

@@ -10,10 +10,15 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from taskpool.batches import batch_status
-from taskpool.models import BatchOptions, BatchState, TaskSpec
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
+from taskpool.models import BatchOptions, BatchState
+from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings
-from tests.conftest import eventually, script_slow_task, start_test_batch, temporal_cli
+from tests.conftest import (
+    batch_with_a_failed_task,
+    eventually,
+    start_test_batch,
+    temporal_cli,
+)
 from tests.test_batch_e2e import documents
 
 
@@ -108,15 +113,7 @@ async def test_cli_retries_a_failed_task_with_a_new_input(
     temporal_address: str,
     batch_id: str,
 ) -> None:
-    script_slow_task(scripted, "hold", seconds=60)
-    scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
-    specs = [TaskSpec(id="hold", input="Hold."), TaskSpec(id="bad", input="Garbled.")]
-    handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=2))
-
-    async def failed() -> None:
-        assert (await batch_status(client, batch_id)).counts["failed"] == 1
-
-    await eventually(failed)
+    handle = await batch_with_a_failed_task(client, settings, scripted, batch_id, hold_seconds=60)
     request = {"task_ids": ["bad"], "inputs": {"bad": "The corrected text."}}
     out = await temporal(
         temporal_address,
