@@ -59,7 +59,8 @@ async def demo(ctx: Context, args: argparse.Namespace) -> int:
         if failed:
             url = env.settings.store_url
             export = ("--status", "failed", "--as-tasks", "--out", "failed.jsonl")
-            ctx.say(f"Run the failed {render.tasks(failed)} again with:")
+            which = "the failed task" if failed == 1 else f"the {failed} failed tasks"
+            ctx.say(f"Run {which} again with:")
             ctx.say("  " + render.command("results", batch_id, "--store", url, *export))
             ctx.say("  " + render.command("demo", "--tasks", "failed.jsonl"))
         if page:
