@@ -406,6 +406,13 @@ async def test_a_retry_with_a_new_input_replaces_only_the_input(store: Store) ->
     assert other.definition().input == {"text": "input of b"}
 
 
+async def test_has_batch_knows_batches_with_tasks(store: Store) -> None:
+    await store.register_tasks(register("a"))
+
+    assert await store.has_batch(BATCH)
+    assert not await store.has_batch("another-batch")
+
+
 async def test_order_follows_registration_and_event_insertion(store: Store) -> None:
     await store.register_tasks(register("zeta", "alpha", "mid"))
     await store.register_tasks(register("beta", "alpha"))

@@ -447,9 +447,7 @@ async def results(ctx: Context, args: argparse.Namespace) -> int:
     async with _task_store(url, "read") as store:
         records = await store.list_tasks(args.batch, status=args.status)
         # No tasks in one state is an answer; no tasks at all is a batch the store does not know.
-        known = bool(records) or (
-            args.status is not None and bool(await store.list_tasks(args.batch))
-        )
+        known = bool(records) or (args.status is not None and await store.has_batch(args.batch))
     if not known:
         raise CliError(
             f"the task store at {display_url(url)} has no tasks of batch {args.batch}", USAGE

@@ -41,6 +41,9 @@ class TaskStore(Protocol):
     ) -> list[TaskRecord]:
         """Tasks in the order they were registered."""
 
+    async def has_batch(self, batch_id: str) -> bool:
+        """Whether the store has any task of the batch."""
+
     async def close(self) -> None: ...
 
 

@@ -293,6 +293,13 @@ class PostgresTaskStore:
                     events.setdefault(event["task_id"], []).append(event_from_row(event))
         return [record_from_row(row, events.get(row["task_id"], ())) for row in rows]
 
+    async def has_batch(self, batch_id: str) -> bool:
+        async with (await self._ready()).connection() as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM tasks WHERE batch_id = %s LIMIT 1", (batch_id,)
+            )
+            return await cursor.fetchone() is not None
+
     async def batches(self) -> list[BatchSummary]:
         """Every batch in the store with its task counts per status, oldest first."""
         async with (await self._ready()).connection() as conn:

@@ -146,6 +146,9 @@ class SqliteTaskStore:
     ) -> list[TaskRecord]:
         return await self._run(lambda conn: _list_tasks(conn, batch_id, status, with_events))
 
+    async def has_batch(self, batch_id: str) -> bool:
+        return await self._run(lambda conn: _has_batch(conn, batch_id))
+
     async def batches(self) -> list[BatchSummary]:
         """Every batch in the store with its task counts per status, oldest first."""
         return await self._run(_batches)
@@ -318,6 +321,11 @@ def _list_tasks(
             for event in conn.execute(event_query, params):
                 events.setdefault(event["task_id"], []).append(event_from_row(event))
     return [record_from_row(row, events.get(row["task_id"], ())) for row in rows]
+
+
+def _has_batch(conn: sqlite3.Connection, batch_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM tasks WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
+    return row is not None
 
 
 def _batches(conn: sqlite3.Connection) -> list[BatchSummary]:
