@@ -39,6 +39,7 @@ from taskpool.packing import pack
 from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
 from taskpool.store import TaskStore, opened_store
 from taskpool.task_columns import STATUS_BY_CODE, TaskColumns, TaskEntry
+from taskpool.temporal import status_text
 
 T = TypeVar("T")
 
@@ -238,17 +239,13 @@ async def list_batches(
         listed.append(
             BatchListing(
                 batch_id=execution.id,
-                state=own_state if own_state and batch_said else _closed_as(execution.status),
+                state=own_state if own_state and batch_said else status_text(execution.status),
                 progress=attributes.get(names.BATCH_PROGRESS_ATTRIBUTE),
                 run_started_at=execution.start_time,
                 closed_at=execution.close_time,
             )
         )
     return listed
-
-
-def _closed_as(status: WorkflowExecutionStatus | None) -> str:
-    return "unknown" if status is None else status.name.lower().replace("_", " ")
 
 
 async def batch_status(client: Client, batch_id: str) -> BatchStatus:

@@ -524,7 +524,7 @@ class TaskRecord(_Model):
     label: str
     kind: str
     priority: Priority
-    input: str | dict[str, JsonValue]
+    input: TaskInput
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     status: TaskStatus
     attempt: int = 0

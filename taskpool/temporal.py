@@ -10,7 +10,7 @@ from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
@@ -19,6 +19,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from taskpool.names import SEARCH_ATTRIBUTES
 
 DEFAULT_ADDRESS = "localhost:7233"
+
+
+def status_text(status: WorkflowExecutionStatus | None) -> str:
+    """How a workflow stands, in words: `running`, `completed`, `timed out`, ..."""
+    return "closed" if status is None else status.name.lower().replace("_", " ")
 
 
 def connect_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:

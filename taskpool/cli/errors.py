@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from taskpool import names
-from taskpool.temporal import address_of, connect
+from taskpool.temporal import address_of, connect, status_text
 
 OK = 0
 # The operation failed, or the batch ended with failed or cancelled tasks.
@@ -61,9 +61,7 @@ class BatchInfo:
 
     @property
     def ended_as(self) -> str:
-        if self.status is None:
-            return "closed"
-        return self.status.name.lower().replace("_", " ")
+        return status_text(self.status)
 
 
 async def connect_client() -> Client:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from enum import StrEnum
+from typing import TypeVar
 
 from taskpool.cli.demo import add_demo_parser
 from taskpool.models import BatchState, Priority, TaskStatus
+
+E = TypeVar("E", bound=StrEnum)
 
 PROG = "starter.py"
 
@@ -56,28 +60,22 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _priority(text: str) -> Priority:
-    try:
-        return Priority(text.strip().lower())
-    except ValueError:
-        choices = ", ".join(p.value for p in Priority)
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+def _one_of(kind: type[E]) -> Callable[[str], E]:
+    """An argument type taking one of `kind`'s values, in any case."""
+
+    def parse(text: str) -> E:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(member.value for member in kind)
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+    return parse
 
 
-def _task_status(text: str) -> TaskStatus:
-    try:
-        return TaskStatus(text.strip().lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in TaskStatus)
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
-
-
-def _batch_state(text: str) -> BatchState:
-    try:
-        return BatchState(text.strip().lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in BatchState)
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+_priority = _one_of(Priority)
+_task_status = _one_of(TaskStatus)
+_batch_state = _one_of(BatchState)
 
 
 concurrency_value = _int_between(1, 1000)
