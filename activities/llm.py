@@ -161,6 +161,7 @@ class LlmActivities:
             clock=lambda: datetime.now(UTC),
             event_prefix=prefix,
             unrecorded=lifecycle.unrecorded.model_copy(deep=True),
+            review=lifecycle.review,
         )
         ledger.count_call(result.usage)
         replies = ledger.apply_calls(result.tool_calls)
@@ -179,7 +180,7 @@ class LlmActivities:
         )
 
     async def _task_turn(self, request: ChatTurnRequest, where: DefinitionRef) -> ChatTurnRequest:
-        opening = await self._opening_messages(where)
+        opening = await self._opening_messages(where, request.rework_feedback)
         return request.model_copy(
             update={
                 "messages": [*opening, *request.messages],
@@ -197,7 +198,9 @@ class LlmActivities:
             )
         return self._store
 
-    async def _opening_messages(self, where: DefinitionRef) -> list[ChatMessage]:
+    async def _opening_messages(
+        self, where: DefinitionRef, rework_feedback: str | None
+    ) -> list[ChatMessage]:
         record = await self._require_store().get_task(where.batch_id, where.task_id)
         if record is None:
             raise ApplicationError(
@@ -206,7 +209,11 @@ class LlmActivities:
                 type=names.DEFINITION_MISSING,
                 non_retryable=True,
             )
-        return agents.first_messages(record.definition())
+        opening = agents.first_messages(record.definition())
+        if rework_feedback is not None:
+            # The store keeps the result that was sent back until this attempt replaces it.
+            opening.append(agents.rework_message(record.result, rework_feedback))
+        return opening
 
     async def _call_model(self, request: ChatTurnRequest, model: str) -> Any:
         arguments = self._request_arguments(request, model)

@@ -29,9 +29,12 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from taskpool import names  # noqa: E402
 from taskpool.batches import (  # noqa: E402
     batch_handle,
+    batch_status,
+    iter_tasks,
     pause_batch,
     resume_batch,
     retry_tasks,
+    review_tasks,
     start_batch,
 )
 from taskpool.devserver import find_temporal_cli  # noqa: E402
@@ -50,11 +53,14 @@ from taskpool.temporal import ensure_search_attributes  # noqa: E402
 from worker import build_openai_client, build_worker  # noqa: E402
 
 OUT = ROOT / "tests" / "histories"
-# One batch for each way of running model turns.
+# One batch for each way of running model turns, and one whose results wait for review.
 RECORDED_BATCHES = {
     "recorded-batch": AgentSettings(),
     "recorded-local": AgentSettings(model_calls="local"),
+    "recorded-review": AgentSettings(review=True),
 }
+# In the batch with review, this task's first result is sent back; every other result is approved.
+SENT_BACK = "doc-0"
 
 
 async def main(out: Path) -> None:
@@ -131,6 +137,8 @@ async def record_batch(
     await asyncio.sleep(0.5)
     await resume_batch(client, batch_id)
     await retry_when_failed(client, batch_id, "again", "Readable now.")
+    if agent.review:
+        await review_until_done(client, batch_id)
     await handle.result()
     expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
     executions = await listed_when_visible(client, batch_id, expected)
@@ -154,6 +162,28 @@ async def retry_when_failed(client: Client, batch_id: str, task_id: str, new_inp
             raise RuntimeError(f"task {task_id} never failed")
         await asyncio.sleep(0.2)
     await retry_tasks(client, batch_id, task_ids=[task_id], inputs={task_id: new_input})
+
+
+async def review_until_done(client: Client, batch_id: str) -> None:
+    """Send SENT_BACK's first result back with feedback and approve every other result as it
+    comes, until the batch ends."""
+    sent_back = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = await batch_status(client, batch_id)
+        if status.state.value in ("completed", "failed", "cancelled"):
+            return
+        waiting = [view.id async for view in iter_tasks(client, batch_id, status=TaskStatus.REVIEW)]
+        if not sent_back and SENT_BACK in waiting:
+            await review_tasks(
+                client, batch_id, "reject", task_ids=[SENT_BACK], feedback="Say more."
+            )
+            sent_back = True
+            waiting.remove(SENT_BACK)
+        if waiting:
+            await review_tasks(client, batch_id, "approve", task_ids=waiting)
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"batch {batch_id} did not finish its reviews")
 
 
 async def listed_when_visible(

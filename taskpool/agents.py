@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from pydantic import JsonValue
+
 from taskpool.models import ChatMessage, TaskSpec, ToolSpec
 
 START_TASK = "start_task"
@@ -130,3 +132,22 @@ def first_messages(spec: TaskSpec) -> list[ChatMessage]:
             role="user", content=f"Task id: {spec.id}\nTask: {spec.display_label}\n\n{body}"
         ),
     ]
+
+
+def rework_message(previous_result: JsonValue, feedback: str) -> ChatMessage:
+    """What the model of an attempt that redoes a result sent back from review is told."""
+    if previous_result is None:
+        shown = "(not kept)"
+    elif isinstance(previous_result, str):
+        shown = previous_result
+    else:
+        shown = json.dumps(previous_result, indent=2)
+    return ChatMessage(
+        role="user",
+        content=(
+            f"An earlier attempt completed this task with the result below, and the reviewer "
+            f"sent it back.\n\nEarlier result:\n{shown}\n\nReviewer's feedback:\n{feedback}\n\n"
+            "Do the task again with the feedback in mind, and call complete_task with the new "
+            "result."
+        ),
+    )

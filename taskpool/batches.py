@@ -26,6 +26,8 @@ from taskpool.models import (
     RegisterTasksRequest,
     ResumeRequest,
     RetryTasksRequest,
+    ReviewDecision,
+    ReviewTasksRequest,
     SetConcurrencyRequest,
     TaskInput,
     TaskPage,
@@ -408,6 +410,30 @@ async def retry_tasks(
 def _input_size(item: tuple[str, TaskInput]) -> int:
     task_id, new_input = item
     return len(task_id) + len(json.dumps(new_input))
+
+
+async def review_tasks(
+    client: Client,
+    batch_id: str,
+    decision: ReviewDecision,
+    *,
+    task_ids: Sequence[str] = (),
+    all_in_review: bool = False,
+    feedback: str | None = None,
+) -> BatchStatus:
+    """Approve results waiting in review, or send them back (with `feedback`, which the tasks'
+    next attempts are shown beside their results)."""
+    answer: BatchStatus = await batch_handle(client, batch_id).execute_update(
+        names.REVIEW_TASKS,
+        ReviewTasksRequest(
+            task_ids=list(task_ids),
+            all_in_review=all_in_review,
+            decision=decision,
+            feedback=feedback,
+        ),
+        result_type=BatchStatus,
+    )
+    return answer
 
 
 async def cancel_tasks(

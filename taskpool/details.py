@@ -34,6 +34,8 @@ def batch_details(status: BatchStatus, now: datetime) -> str:
     )
     lines += ["", "| state | tasks |", "|---|---|"]
     lines += [f"| {s.value} | {status.counts.get(s.value, 0)} |" for s in _SHOWN]
+    if in_review := status.counts.get(TaskStatus.REVIEW.value, 0):
+        lines.append(f"| review | {in_review} |")
     for error in status.recent_errors:
         message = error.error.message if error.error else (error.status_reason or "")
         lines.append(f"- failed **{error.id}**: {message[:200]}")
@@ -46,6 +48,8 @@ def _headline(status: BatchStatus) -> str:
         return f"PAUSED{reason}"
     if status.state is BatchState.CANCELLED:
         return f"CANCELLED: {status.cancel_reason or 'by request'}"
+    if status.state is BatchState.AWAITING_REVIEW:
+        return "AWAITING REVIEW: results to approve or send back"
     return status.state.value.upper()
 
 

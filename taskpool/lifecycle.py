@@ -15,7 +15,9 @@ TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
     S.ASSIGNED: frozenset({S.IN_PROGRESS, S.QUEUED, S.CANCELLED}),
     S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.REVIEW, S.CANCELLED}),
     S.BLOCKED: frozenset({S.QUEUED, S.CANCELLED}),
-    S.REVIEW: frozenset({S.COMPLETED, S.IN_PROGRESS, S.CANCELLED}),
+    # A result sent back from review is redone by a new attempt, which waits for a free slot in
+    # the queue like any other: so back to queued, not straight to in_progress.
+    S.REVIEW: frozenset({S.COMPLETED, S.QUEUED, S.CANCELLED}),
     # A failed task goes back to the queue only through an explicit retry.
     S.FAILED: frozenset({S.QUEUED}),
     S.COMPLETED: frozenset(),

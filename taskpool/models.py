@@ -31,6 +31,11 @@ class TaskStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
+    @property
+    def ends_attempt(self) -> bool:
+        """Whether an attempt's agent loop stops here: at the end, or with a result for review."""
+        return self in TERMINAL_STATUSES or self is TaskStatus.REVIEW
+
 
 TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
@@ -60,6 +65,8 @@ _PRIORITY_RANK = {
 class BatchState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
+    # Nothing left to run, and results waiting for someone to approve or send back.
+    AWAITING_REVIEW = "awaiting_review"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
@@ -74,6 +81,7 @@ class EventType(StrEnum):
     STARTED = "started"
     PROGRESS = "progress"
     COMMENT = "comment"
+    REVIEW = "review"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -167,6 +175,9 @@ class AgentSettings(_Model):
     # "local" runs each model turn as a local activity inside the task's workflow task: fewer
     # server round trips per task, for short model calls (see README, "Local model turns").
     model_calls: ModelCalls = "activity"
+    # A result the agent completes with waits in `review` until a person approves it or sends it
+    # back with feedback for another attempt.
+    review: bool = False
 
 
 class BatchOptions(_Model):
@@ -207,6 +218,8 @@ class BatchRun(_Model):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     llm_calls: int = 0
     recent_failures: list[str] = Field(default_factory=list)
+    # Feedback on results sent back from review, by task id, until the task's next attempt starts.
+    rework_feedback: dict[str, str] = Field(default_factory=dict)
 
 
 class TaskRunInput(_Model):
@@ -221,6 +234,8 @@ class TaskRunInput(_Model):
     # A field rather than workflow.patched(): a patch upserts a search attribute on every child,
     # one more event and visibility write per task.
     turns_record_themselves: bool = False
+    # Why this attempt redoes a result sent back from review: the reviewer's words.
+    rework_feedback: str | None = None
 
 
 class TaskOutcome(_Model):
@@ -270,6 +285,23 @@ class RetryTasksRequest(_Lenient):
     # New inputs for some of the tasks retried, by task id: the store's definition is replaced
     # before the task is queued again, so its next attempt reads the new input.
     inputs: dict[str, TaskInput] = Field(default_factory=dict)
+
+
+# Reviewers write prose, not documents; the bound keeps a batch's state small while tasks wait.
+FEEDBACK_LIMIT = 4000
+
+
+ReviewDecision = Literal["approve", "reject"]
+
+
+class ReviewTasksRequest(_Lenient):
+    """Approve results waiting in review, or send them back to be redone with feedback."""
+
+    task_ids: list[str] = Field(default_factory=list)
+    all_in_review: bool = False
+    decision: ReviewDecision
+    # Required to reject (it tells the next attempt what to change); a note with an approval.
+    feedback: str | None = Field(default=None, max_length=FEEDBACK_LIMIT)
 
 
 class CancelTasksRequest(_Lenient):
@@ -397,6 +429,9 @@ class ChatTurnRequest(_Model):
     tools: list[ToolSpec] = Field(default_factory=list)
     model: str | None = None
     timeout_seconds: float = 120.0
+    # A redo of a result sent back from review: the activity shows the model the result the store
+    # holds and this feedback after the opening messages.
+    rework_feedback: str | None = None
     # For models that emulate tools with JSON: the call a sample reply shows (small models copy
     # the sample far more reliably than they follow prose).
     emulation_example: str | None = None
@@ -440,6 +475,8 @@ class TurnLifecycle(_Model):
     attempt: int
     state: AttemptState
     unrecorded: TaskRecordUpdate
+    # complete_task submits the result for review instead of completing (AgentSettings.review).
+    review: bool = False
 
 
 class RecordedTurn(_Model):
@@ -474,6 +511,9 @@ class TaskRecordUpdate(_Model):
     completed_at: datetime | None = None
     # A retry's new input replaces the task's definition input.
     input: TaskInput | None = None
+    # Going back to queued clears the last result, except for a result sent back from review:
+    # the next attempt revises it.
+    keep_result: bool = False
     events: list[TaskEvent] = Field(default_factory=list)
     # A model turn's write: its events replace any whose key starts with this prefix, which an
     # earlier attempt of the same turn may have written before it was lost.

@@ -20,6 +20,7 @@ TASK = "task"
 ADD_TASKS = "add_tasks"
 RETRY_TASKS = "retry_tasks"
 CANCEL_TASKS = "cancel_tasks"
+REVIEW_TASKS = "review_tasks"
 SET_CONCURRENCY = "set_concurrency"
 # Internal: a task child adopted from an earlier run reports its outcome to the batch, and
 # confirms it will (see workflows/batch.py, "hand-over").

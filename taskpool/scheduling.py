@@ -5,7 +5,9 @@ Pure and deterministic (the batch workflow owns one), so the rules are unit-test
 - ready tasks run by priority (critical first), then in the order they were added;
 - a task whose dependency failed stays blocked (a retry of the dependency may still unblock it)
   until nothing else can run, when it is cancelled with the reason; a cancelled dependency cancels
-  its dependents at once.
+  its dependents at once;
+- a result waiting in review is not complete: its dependents stay blocked until it is approved, and
+  a result sent back is queued again for its next attempt.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ S = TaskStatus
 # which leaves room for a loaded machine. Past this, several batches (README, "Scale").
 MAX_TASKS_PER_BATCH = 1_000_000
 IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
+_MAY_RUN = (S.PENDING, S.QUEUED, S.SCHEDULED, S.ASSIGNED, S.IN_PROGRESS)
 RECENT_FAILURES = 5
 
 _QUEUED = STATUS_CODES[S.QUEUED]
@@ -127,11 +130,12 @@ class TaskTable:
         return {status.value: self.counts[status] for status in TaskStatus}
 
     def can_progress(self) -> bool:
-        """Whether any task not yet finished may still run without outside help."""
-        waiting = (S.PENDING, S.QUEUED, S.SCHEDULED, S.ASSIGNED, S.IN_PROGRESS)
-        if any(self.counts[status] for status in waiting):
-            return True
-        return any(not self._blocked_for_good(e) for e in self.with_status(S.BLOCKED))
+        """Whether any task not yet finished may still run without outside help.
+
+        A blocked task waits for a dependency to complete, and only a running task (or one that
+        will run) completes without help: with none left, the blocked ones wait on a failure,
+        a result in review, or on each other."""
+        return any(self.counts[status] for status in _MAY_RUN)
 
     # --- adding tasks -----------------------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class TaskTable:
         entry = self.get(outcome.task_id)
         if entry is None or entry.index not in self._in_flight:
             return None
-        if outcome.attempt != entry.attempts or not outcome.status.is_terminal:
+        if outcome.attempt != entry.attempts or not outcome.status.ends_attempt:
             return None
         # The child enforced the lifecycle on its side (assigned, in_progress, ...); the batch
         # mirrors where it ended.
@@ -212,7 +216,20 @@ class TaskTable:
         self.llm_calls += outcome.llm_calls
         if outcome.status is S.FAILED:
             self.recent_failures.append(entry.id)
+        if outcome.status is S.REVIEW:
+            return []
         return self._after_finish(entry, now)
+
+    def approve(self, entry: TaskRow, now: datetime) -> list[TaskRow]:
+        """Complete a task whose result was waiting in review; returns every task whose status
+        changed (dependents it unblocked too)."""
+        self._move(entry, S.COMPLETED)
+        return [entry, *self._after_finish(entry, now)]
+
+    def send_back(self, entry: TaskRow) -> list[TaskRow]:
+        """Queue a task whose result was sent back from review, for another attempt."""
+        self._move(entry, S.QUEUED)
+        return [entry]
 
     def cancel(self, entry: TaskRow, reason: str, now: datetime) -> list[TaskRow]:
         """Cancel a task that is not running; returns every task cancelled (with dependents)."""

@@ -50,18 +50,26 @@ class TaskLedger:
         clock: Callable[[], datetime],
         event_prefix: str,
         unrecorded: TaskRecordUpdate | None = None,
+        review: bool = False,
     ) -> None:
         self._batch_id = batch_id
         self._task_id = task_id
         self._attempt = attempt
         self._clock = clock
         self._event_prefix = event_prefix
+        self._review = review
         self.state = state
         self.unrecorded = unrecorded or self._blank_update()
 
     @classmethod
     def begin(
-        cls, batch_id: str, task_id: str, attempt: int, *, clock: Callable[[], datetime]
+        cls,
+        batch_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        clock: Callable[[], datetime],
+        review: bool = False,
     ) -> TaskLedger:
         # An attempt's clock starts when its run starts, so its duration includes the model's time.
         started_at = clock()
@@ -73,6 +81,7 @@ class TaskLedger:
             clock=clock,
             event_prefix=workflow_event_prefix(attempt),
             unrecorded=TaskRecordUpdate(batch_id=batch_id, task_id=task_id, started_at=started_at),
+            review=review,
         )
 
     @property
@@ -105,11 +114,11 @@ class TaskLedger:
         self.state.usage = self.state.usage + usage
 
     def apply_calls(self, calls: Sequence[ToolCall]) -> list[ChatMessage]:
-        """Apply a reply's tool calls in order until one ends the task; returns what each call
+        """Apply a reply's tool calls in order until one ends the attempt; returns what each call
         tells the model."""
         replies: list[ChatMessage] = []
         for call in calls:
-            if self.state.status.is_terminal:
+            if self.state.status.ends_attempt:
                 break
             replies.append(
                 ChatMessage(role="tool", tool_call_id=call.id, content=self._apply(call))
@@ -138,6 +147,9 @@ class TaskLedger:
                 return "error: complete_task needs a non-empty result"
             self._start_if_needed()
             self.state.result = args["result"]
+            if self._review:
+                self._submit_for_review()
+                return "result submitted for review"
             self.finish(TaskStatus.COMPLETED, error=None, message="completed by the agent")
             return "task completed"
         if call.name == agents.FAIL_TASK:
@@ -173,12 +185,22 @@ class TaskLedger:
         state.error = error
         state.completed_at = self._clock()
         if status is TaskStatus.COMPLETED:
-            state.progress = TaskProgress(percent=100.0, step=state.progress.step, eta_seconds=0)
-            self.unrecorded.progress = state.progress
-            self.unrecorded.result = state.result
+            self._record_result()
         self.unrecorded.error = error
         self.unrecorded.completed_at = state.completed_at
         self.note(EventType(status.value), message)
+
+    def _submit_for_review(self) -> None:
+        # The attempt ends here; the task completes only when a person approves the result.
+        self.state.status = transition(self._task_id, self.state.status, TaskStatus.REVIEW)
+        self._record_result()
+        self.note(EventType.REVIEW, "result submitted for review")
+
+    def _record_result(self) -> None:
+        state = self.state
+        state.progress = TaskProgress(percent=100.0, step=state.progress.step, eta_seconds=0)
+        self.unrecorded.progress = state.progress
+        self.unrecorded.result = state.result
 
     def _start_if_needed(self) -> None:
         # A model may go straight to complete_task; the lifecycle still passes through in_progress.

@@ -141,6 +141,20 @@ async def start_test_batch(
     )
 
 
+# How long a test waits for a small batch to end before it calls the batch stuck.
+BATCH_WAIT = 20.0
+
+
+async def result_in_time(handle: WorkflowHandle[object, BatchResult]) -> BatchResult:
+    """The batch's result; a batch that does not end is terminated, so that its stuck workflow
+    tasks cannot keep the worker (and the test session) from shutting down."""
+    try:
+        return await asyncio.wait_for(handle.result(), BATCH_WAIT)
+    except TimeoutError:
+        await handle.terminate(reason="the test gave up waiting")
+        pytest.fail(f"batch {handle.id} did not end within {BATCH_WAIT:.0f} s")
+
+
 def script_slow_task(scripted: ScriptedModelServer, task_id: str, seconds: float) -> None:
     """Make `task_id`'s model call take `seconds`, then complete it: a task that keeps its
     batch running while a test steers it."""

@@ -7,10 +7,10 @@ from temporalio.worker import Worker
 
 from taskpool.batches import batch_status, pause_batch, resume_batch
 from taskpool.models import BatchOptions, BatchState, TaskSpec, TaskStatus
-from taskpool.scripted import ScriptedModelServer
+from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import running_worker, start_test_batch
+from tests.conftest import result_in_time, running_worker, start_test_batch
 
 
 def documents(n: int) -> list[TaskSpec]:
@@ -74,3 +74,33 @@ async def test_a_batch_completes_when_every_workflow_task_replays_from_history(
     assert result.counts["completed"] == 12
     assert scripted.total_requests == 12
     assert len(await store.list_tasks(batch_id, status=TaskStatus.COMPLETED)) == 12
+
+
+async def test_a_chain_of_tasks_behind_a_failure_is_cancelled_and_the_batch_ends(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script("source", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "no data"})]))
+    specs = [
+        TaskSpec(id="source", input="Fetch."),
+        TaskSpec(id="clean", input="Clean.", depends_on=["source"]),
+        TaskSpec(id="report", input="Report.", depends_on=["clean"]),
+        TaskSpec(id="aside", input="Unrelated."),
+    ]
+    handle = await start_test_batch(client, settings, batch_id, specs)
+
+    result = await result_in_time(handle)
+
+    assert result.state is BatchState.FAILED
+    records = {r.task_id: r for r in await store.list_tasks(batch_id, with_events=True)}
+    assert {task_id: r.status for task_id, r in records.items()} == {
+        "source": TaskStatus.FAILED,
+        "clean": TaskStatus.CANCELLED,
+        "report": TaskStatus.CANCELLED,
+        "aside": TaskStatus.COMPLETED,
+    }
+    assert records["report"].events[-1].message == "dependency clean was cancelled"

@@ -3,13 +3,10 @@ batch starts, each task workflow reads its own, and a missing one fails its task
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from taskpool import agents, names
@@ -28,11 +25,10 @@ from taskpool.models import EventType as StoreEventType
 from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from taskpool.settings import Settings
 from taskpool.store import TaskStore
-from tests.conftest import running_worker, start_test_batch
+from tests.conftest import result_in_time, running_worker, start_test_batch
 
 # Long enough that carrying it anywhere in a payload would show in the payload's size.
 INPUT_CHARS = 20_000
-BATCH_WAIT = 20.0
 
 
 def long_input(marker: str) -> str:
@@ -60,16 +56,6 @@ def definitions() -> list[TaskSpec]:
         ),
         TaskSpec(id="note-9", input=long_input("NARWHAL-NOTE-9"), priority=Priority.LOW),
     ]
-
-
-async def result_in_time(handle: WorkflowHandle[Any, BatchResult]) -> BatchResult:
-    """The batch's result; a batch that does not end is terminated, so that its stuck workflow
-    tasks cannot keep the worker (and the test session) from shutting down."""
-    try:
-        return await asyncio.wait_for(handle.result(), BATCH_WAIT)
-    except TimeoutError:
-        await handle.terminate(reason="the test gave up waiting")
-        pytest.fail(f"batch {handle.id} did not end within {BATCH_WAIT:.0f} s")
 
 
 async def history_start_input(client: Client, workflow_id: str) -> bytes:

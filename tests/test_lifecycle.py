@@ -1,4 +1,7 @@
-"""Every pair of task states: the legal moves of DESIGN.md section 2 and nothing else."""
+"""Every pair of task states: the legal moves of DESIGN.md section 2 and nothing else.
+
+One departure: a result sent back from review goes to queued (its redo waits for a slot), not
+to in_progress."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ LEGAL = {
     (S.BLOCKED, S.QUEUED),
     (S.BLOCKED, S.CANCELLED),
     (S.REVIEW, S.COMPLETED),
-    (S.REVIEW, S.IN_PROGRESS),
+    (S.REVIEW, S.QUEUED),
     (S.REVIEW, S.CANCELLED),
     (S.FAILED, S.QUEUED),
 }

@@ -20,6 +20,8 @@ from taskpool.models import (
     DefinitionRef,
     EventType,
     RegisterTasksRequest,
+    TaskEvent,
+    TaskRecordUpdate,
     TaskSpec,
     TaskStatus,
     TurnLifecycle,
@@ -181,18 +183,28 @@ async def test_heartbeats_only_while_the_model_takes_longer_than_the_interval(
 # --- a task's turn records its own tool calls -----------------------------------------------------
 
 
-def task_turn(task_id: str, started_at: datetime) -> ChatTurnRequest:
+def task_turn(
+    task_id: str,
+    started_at: datetime,
+    *,
+    attempt: int = 1,
+    review: bool = False,
+    rework_feedback: str | None = None,
+) -> ChatTurnRequest:
     """Turn 1 of a task as TaskWorkflow sends it: the definition by reference, the attempt's
     state, and the assignment the store has not seen yet."""
-    ledger = TaskLedger.begin("batch", task_id, 1, clock=lambda: started_at)
-    ledger.note(EventType.ASSIGNED, "attempt 1 assigned", attempt=1)
+    ledger = TaskLedger.begin("batch", task_id, attempt, clock=lambda: started_at, review=review)
+    ledger.note(EventType.ASSIGNED, f"attempt {attempt} assigned", attempt=attempt)
     return ChatTurnRequest(
         task_key=f"batch/{task_id}",
         turn=1,
         messages=[],
         definition=DefinitionRef(batch_id="batch", task_id=task_id),
         timeout_seconds=5.0,
-        lifecycle=TurnLifecycle(attempt=1, state=ledger.state, unrecorded=ledger.unrecorded),
+        rework_feedback=rework_feedback,
+        lifecycle=TurnLifecycle(
+            attempt=attempt, state=ledger.state, unrecorded=ledger.unrecorded, review=review
+        ),
     )
 
 
@@ -250,6 +262,73 @@ async def test_a_task_turn_applies_and_records_its_tool_calls(
         ("1:t1:3", EventType.PROGRESS),
         ("1:t1:4", EventType.COMPLETED),
     ]
+
+
+async def test_with_review_a_result_waits_and_its_redo_sees_it_with_the_feedback(
+    recording_llm: tuple[LlmActivities, SqliteTaskStore], scripted: ScriptedModelServer
+) -> None:
+    llm, store = recording_llm
+    scripted.script(
+        "doc-1",
+        Reply(
+            tool_calls=[
+                ToolCallSpec("complete_task", {"result": "A long summary."}),
+                # Nothing after the submission applies: the attempt has ended.
+                ToolCallSpec("fail_task", {"reason": "second thoughts"}),
+            ]
+        ),
+        Reply(tool_calls=[ToolCallSpec("complete_task", {"result": "Short."})]),
+    )
+
+    submitted = await ActivityEnvironment().run(
+        llm.chat_turn, task_turn("doc-1", datetime.now(UTC), review=True)
+    )
+
+    assert submitted.recorded is not None
+    assert submitted.recorded.state.status is TaskStatus.REVIEW
+    assert [m.content for m in submitted.recorded.tool_replies] == ["result submitted for review"]
+    waiting = await store.get_task("batch", "doc-1", with_events=True)
+    assert waiting is not None
+    assert (waiting.status, waiting.result, waiting.completed_at) == (
+        TaskStatus.REVIEW,
+        "A long summary.",
+        None,
+    )
+    assert [(e.type, e.message) for e in waiting.events][-2:] == [
+        (EventType.STARTED, "started by the agent"),
+        (EventType.REVIEW, "result submitted for review"),
+    ]
+
+    # The batch sends it back (keeping the result) and starts attempt 2 with the feedback.
+    await store.apply(
+        [
+            TaskRecordUpdate(
+                batch_id="batch",
+                task_id="doc-1",
+                status=TaskStatus.QUEUED,
+                keep_result=True,
+                events=[
+                    TaskEvent(key="batch:0:1:queued", type=EventType.QUEUED, at=datetime.now(UTC))
+                ],
+            )
+        ]
+    )
+    redo = task_turn(
+        "doc-1", datetime.now(UTC), attempt=2, review=True, rework_feedback="Half as long."
+    )
+    revised = await ActivityEnvironment().run(llm.chat_turn, redo)
+
+    body = scripted.records_for("doc-1")[-1].body
+    assert body is not None
+    rework = body["messages"][-1]
+    assert rework["role"] == "user"
+    assert "Earlier result:\nA long summary." in rework["content"]
+    assert "Reviewer's feedback:\nHalf as long." in rework["content"]
+    assert revised.recorded is not None
+    assert revised.recorded.state.status is TaskStatus.REVIEW
+    record = await store.get_task("batch", "doc-1")
+    assert record is not None
+    assert (record.status, record.result, record.attempt) == (TaskStatus.REVIEW, "Short.", 2)
 
 
 async def test_a_retried_turn_leaves_only_its_own_decision_in_the_store(

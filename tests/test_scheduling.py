@@ -24,6 +24,12 @@ def spec(task_id: str, **fields: object) -> TaskSpec:
     return TaskSpec.model_validate({"id": task_id, "input": f"input of {task_id}", **fields})
 
 
+def status_of(table: TaskTable, task_id: str) -> TaskStatus:
+    entry = table.get(task_id)
+    assert entry is not None
+    return entry.status
+
+
 def finish(table: TaskTable, task_id: str, status: TaskStatus) -> None:
     entry = table.get(task_id)
     assert entry is not None
@@ -71,6 +77,26 @@ def test_failed_dependency_blocks_until_nothing_else_can_run() -> None:
     assert table.get("child").status_reason == "dependency parent failed"  # type: ignore[union-attr]
 
 
+def test_a_chain_blocked_behind_a_failure_lets_the_batch_end() -> None:
+    table = table_of(
+        spec("a"),
+        spec("b", depends_on=["a"]),
+        spec("c", depends_on=["b"]),
+        spec("d", depends_on=["b", "c"]),
+    )
+    table.take_ready(10)
+    finish(table, "a", TaskStatus.FAILED)
+    # c and d wait on b, which waits on a failure: nothing will run without a retry.
+    assert not table.can_progress()
+    cancelled = table.cancel_blocked_for_good(NOW)
+    assert [(e.id, e.status_reason) for e in cancelled] == [
+        ("b", "dependency a failed"),
+        ("c", "dependency b was cancelled"),
+        ("d", "dependency c was cancelled"),
+    ]
+    assert table.counts[TaskStatus.BLOCKED] == 0
+
+
 def test_retrying_a_failed_dependency_unblocks_its_dependents() -> None:
     table = table_of(spec("parent"), spec("child", depends_on=["parent"]))
     table.take_ready(10)
@@ -104,6 +130,44 @@ def test_scheduled_tasks_wait_for_their_time() -> None:
     released = table.release_due(later)
     assert [e.id for e in released] == ["soon"]
     assert table.next_due() is None
+
+
+def test_a_result_in_review_holds_its_dependents_until_approved() -> None:
+    table = table_of(spec("draft"), spec("publish", depends_on=["draft"]))
+    table.take_ready(10)
+    finish(table, "draft", TaskStatus.REVIEW)
+    draft = table.get("draft")
+    assert draft is not None
+    assert status_of(table, "draft") is TaskStatus.REVIEW
+    assert table.in_flight == 0
+    # Waiting for a person is not progress the batch can make on its own.
+    assert not table.can_progress()
+    assert table.get("publish").status is TaskStatus.BLOCKED  # type: ignore[union-attr]
+    assert table.finished_count == 0
+
+    changed = table.approve(draft, NOW)
+
+    assert [e.id for e in changed] == ["draft", "publish"]
+    assert status_of(table, "draft") is TaskStatus.COMPLETED
+    assert [e.id for e in table.take_ready(10)] == ["publish"]
+
+
+def test_a_result_sent_back_from_review_runs_again_as_a_new_attempt() -> None:
+    table = table_of(spec("a"), spec("b"))
+    table.take_ready(1)
+    finish(table, "a", TaskStatus.REVIEW)
+    a = table.get("a")
+    assert a is not None
+
+    assert table.send_back(a) == [a]
+
+    assert status_of(table, "a") is TaskStatus.QUEUED
+    assert a.retry_count == 0
+    # Back in the queue in its place: ahead of b, which was added after it.
+    assert [e.id for e in table.take_ready(10)] == ["a", "b"]
+    assert a.attempts == 2
+    finish(table, "a", TaskStatus.REVIEW)
+    assert table.counts[TaskStatus.REVIEW] == 1
 
 
 def test_stale_and_duplicate_reports_are_ignored() -> None:

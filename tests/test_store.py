@@ -382,6 +382,43 @@ async def test_retry_clears_the_previous_attempts_outcome(store: Store) -> None:
     assert retried.started_at == at(2)
 
 
+async def test_a_result_sent_back_from_review_stays_for_the_next_attempt(store: Store) -> None:
+    await store.register_tasks(register("a"))
+    await store.apply(
+        [
+            TaskRecordUpdate(
+                batch_id=BATCH,
+                task_id="a",
+                status=TaskStatus.REVIEW,
+                attempt=1,
+                progress=TaskProgress(percent=100.0),
+                result={"summary": "too long"},
+                events=[event("1:t1:2", EventType.REVIEW, 5)],
+            )
+        ]
+    )
+    sent_back = TaskRecordUpdate(
+        batch_id=BATCH,
+        task_id="a",
+        status=TaskStatus.QUEUED,
+        keep_result=True,
+        events=[event("batch:0:1:queued", EventType.QUEUED, 6)],
+    )
+    await store.apply([sent_back])
+
+    queued = await store.get_task(BATCH, "a")
+    assert queued is not None
+    assert queued.status is TaskStatus.QUEUED
+    assert queued.result == {"summary": "too long"}
+    assert queued.progress == TaskProgress()
+
+    # Any other way back to the queue clears the result, as a retry does.
+    await store.apply([sent_back.model_copy(update={"keep_result": False})])
+    cleared = await store.get_task(BATCH, "a")
+    assert cleared is not None
+    assert cleared.result is None
+
+
 async def test_a_retry_with_a_new_input_replaces_only_the_input(store: Store) -> None:
     await store.register_tasks(register("a", "b"))
     replaced = TaskRecordUpdate(

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterTasksRequest,
         ResumeRequest,
         RetryTasksRequest,
+        ReviewTasksRequest,
         SetConcurrencyRequest,
         TaskError,
         TaskEvent,
@@ -166,11 +167,13 @@ class BatchWorkflow:
             self._dispatch()
             await self._flush_store()
             self._refresh_visibility()
-            # A retry still writing new inputs has tasks to queue: the batch is not done.
+            # A retry still writing new inputs has tasks to queue, and a result in review waits
+            # for a decision: the batch is not done.
             if (
                 self._starting == 0
                 and not self._table.can_progress()
                 and not self._retrying.locked()
+                and not self._table.counts[TaskStatus.REVIEW]
             ):
                 self._note_changes(self._table.cancel_blocked_for_good(workflow.now()))
                 await self._flush_store()
@@ -369,6 +372,52 @@ class BatchWorkflow:
                 names.RECORD_TASKS, RecordTasksRequest(updates=updates), **STORE_WRITE_OPTIONS
             )
 
+    @workflow.update(name=names.REVIEW_TASKS)
+    def review_tasks(self, request: ReviewTasksRequest) -> BatchStatus:
+        now = workflow.now()
+        for entry in self._in_review(request):
+            if request.decision == "approve":
+                note = f": {request.feedback}" if request.feedback else ""
+                entry.status_reason = f"approved in review{note}"
+                self._note_changes(self._table.approve(entry, now))
+                # The store's event keeps the note; the batch's state need not.
+                entry.status_reason = None
+            else:
+                feedback = request.feedback or ""
+                self._table.send_back(entry)
+                entry.status_reason = f"sent back from review: {feedback}"
+                # The result stays in the store for the next attempt to revise.
+                self._note_changes([entry], keep_result=True)
+                entry.status_reason = "sent back from review"
+                self._run.rework_feedback[entry.id] = feedback
+        self._wake = True
+        return self.status()
+
+    @review_tasks.validator
+    def _validate_review_tasks(self, request: ReviewTasksRequest) -> None:
+        self._reject_if_closing()
+        if request.decision == "reject" and not (request.feedback or "").strip():
+            raise ValueError("a result sent back needs feedback: say what to change")
+        if not request.task_ids and not request.all_in_review:
+            raise ValueError("name the tasks to review, or set all_in_review")
+        for task_id in request.task_ids:
+            entry = self._table.get(task_id)
+            if entry is None:
+                raise ValueError(f"batch has no task {task_id!r}")
+            if entry.status is not TaskStatus.REVIEW:
+                raise ValueError(
+                    f"task {task_id!r} is {entry.status.value}; only a task in review can be "
+                    "approved or sent back"
+                )
+        if not self._in_review(request):
+            raise ValueError("no task of the batch is waiting in review")
+
+    def _in_review(self, request: ReviewTasksRequest) -> list[TaskRow]:
+        if request.all_in_review:
+            return list(self._table.with_status(TaskStatus.REVIEW))
+        entries = (self._table.get(task_id) for task_id in dict.fromkeys(request.task_ids))
+        return [e for e in entries if e is not None and e.status is TaskStatus.REVIEW]
+
     @workflow.update(name=names.CANCEL_TASKS)
     async def cancel_tasks(self, request: CancelTasksRequest) -> BatchStatus:
         reason = request.reason or "cancelled by request"
@@ -381,7 +430,8 @@ class BatchWorkflow:
                 entry.status_reason = reason
                 running.append(entry)
             else:
-                self._note_changes(self._table.cancel(entry, reason, workflow.now()))
+                self._run.rework_feedback.pop(task_id, None)
+                self._cancel_waiting(entry, reason)
         self._wake = True
         await self._cancel_children(running)
         return self.status()
@@ -424,11 +474,12 @@ class BatchWorkflow:
         for entry in self._table.take_ready(min(free, COMMAND_GROUP)):
             entry.started_at = workflow.now()
             self._starting += 1
-            start = asyncio.create_task(self._start_child(entry))
+            feedback = self._run.rework_feedback.pop(entry.id, None)
+            start = asyncio.create_task(self._start_child(entry, feedback))
             self._start_tasks.add(start)
             start.add_done_callback(self._start_tasks.discard)
 
-    async def _start_child(self, entry: TaskRow) -> None:
+    async def _start_child(self, entry: TaskRow, rework_feedback: str | None) -> None:
         child_id = names.task_workflow_id(self._batch_id, entry.id, entry.attempts)
         try:
             handle = await workflow.start_child_workflow(
@@ -439,6 +490,7 @@ class BatchWorkflow:
                     attempt=entry.attempts,
                     agent=self._run.options.agent,
                     turns_record_themselves=True,
+                    rework_feedback=rework_feedback,
                 ),
                 id=child_id,
                 result_type=TaskOutcome,
@@ -534,15 +586,21 @@ class BatchWorkflow:
             lambda: not self._awaited or self._run.cancel_reason is not None
         )
 
+    def _cancel_waiting(self, entry: TaskRow, reason: str) -> None:
+        """Cancel a task that is not running, and its dependents."""
+        # A result cancelled in review was never approved, but it stays readable in the store.
+        in_review = entry.status is TaskStatus.REVIEW
+        cancelled = self._table.cancel(entry, reason, workflow.now())
+        self._note_changes(cancelled, keep_result=in_review)
+
     async def _cancel_everything(self) -> None:
         reason = self._run.cancel_reason or "cancelled"
-        now = workflow.now()
         for entry in self._table.with_status(None):
             if not entry.status.is_terminal and entry.status not in (
                 TaskStatus.ASSIGNED,
                 TaskStatus.IN_PROGRESS,
             ):
-                self._note_changes(self._table.cancel(entry, reason, now))
+                self._cancel_waiting(entry, reason)
                 if len(self._store_updates) >= CANCEL_GROUP:
                     # Each store write is a new workflow task: a batch of a million tasks
                     # cancels in many, none of them near the deadlock timeout.
@@ -621,7 +679,13 @@ class BatchWorkflow:
                 names.REGISTER_TASKS, request, **STORE_WRITE_OPTIONS
             )
 
-    def _note_changes(self, entries: Sequence[TaskRow], event: EventType | None = None) -> None:
+    def _note_changes(
+        self,
+        entries: Sequence[TaskRow],
+        event: EventType | None = None,
+        *,
+        keep_result: bool = False,
+    ) -> None:
         """Queue store writes for status changes the batch made itself. A change is noted as a
         plain tuple and becomes a model only when its group is written: cancelling or starting
         a large batch notes every task at once, inside one workflow task."""
@@ -636,6 +700,7 @@ class BatchWorkflow:
                 entry.status_reason,
                 event if event is not None else EventType(entry.status.value),
                 now,
+                keep_result,
             )
             for entry in entries
         ]
@@ -661,6 +726,8 @@ class BatchWorkflow:
             return BatchState.PAUSED
         if self._starting or self._table.can_progress():
             return BatchState.RUNNING
+        if counts[TaskStatus.REVIEW]:
+            return BatchState.AWAITING_REVIEW
         return BatchState.FAILED if counts[TaskStatus.FAILED] else BatchState.COMPLETED
 
     def _refresh_visibility(self) -> None:
@@ -691,6 +758,7 @@ class _Change(NamedTuple):
     reason: str | None
     event_type: EventType
     at: datetime
+    keep_result: bool = False
 
     def update(self, batch_id: str) -> TaskRecordUpdate:
         return TaskRecordUpdate(
@@ -700,6 +768,7 @@ class _Change(NamedTuple):
             retry_count=self.retry_count,
             error=self.error,
             completed_at=self.at if self.status.is_terminal else None,
+            keep_result=self.keep_result,
             events=[
                 TaskEvent(
                     key=f"batch:{self.retry_count}:{self.attempts}:{self.status.value}",

@@ -7,7 +7,9 @@ definition from the task store on every turn (a definition can be large, so it s
 history and of this workflow's input), applies the reply's tool calls to the attempt's state and
 records them in the store in the same activity; the workflow adopts the state it returns. What the
 workflow decides itself (a turn limit, a failed model call, a cancellation) it records with a local
-activity. The workflow returns its outcome, which the batch run that started it awaits. A child
+activity. In a batch with review, complete_task ends the attempt with its result waiting in
+`review` instead: the batch approves it, or starts a new attempt that is given the reviewer's
+feedback. The workflow returns its outcome, which the batch run that started it awaits. A child
 handed over to a later run of the batch (see workflows/batch.py) reports by signal instead, as does
 a cancelled one.
 """
@@ -57,7 +59,11 @@ class TaskWorkflow:
         self._request = request
         self._task_id = request.task_id
         self._ledger = TaskLedger.begin(
-            request.batch_id, request.task_id, request.attempt, clock=workflow.now
+            request.batch_id,
+            request.task_id,
+            request.attempt,
+            clock=workflow.now,
+            review=request.agent.review,
         )
         # Children started before turns recorded themselves keep recording every turn in the
         # workflow, as their histories did (see TaskRunInput).
@@ -138,7 +144,7 @@ class TaskWorkflow:
                 messages.extend(reply.recorded.tool_replies)
             else:
                 messages.extend(self._ledger.apply_calls(reply.tool_calls))
-            if self._ledger.state.status.is_terminal:
+            if self._ledger.state.status.ends_attempt:
                 return
             if not reply.tool_calls:
                 if nudged:
@@ -166,6 +172,7 @@ class TaskWorkflow:
                 attempt=self._request.attempt,
                 state=self._ledger.state,
                 unrecorded=self._ledger.unrecorded,
+                review=settings.review,
             )
         request = ChatTurnRequest(
             task_key=f"{self._request.batch_id}/{self._task_id}",
@@ -174,6 +181,7 @@ class TaskWorkflow:
             definition=DefinitionRef(batch_id=self._request.batch_id, task_id=self._task_id),
             model=settings.model,
             timeout_seconds=settings.llm_timeout_seconds,
+            rework_feedback=self._request.rework_feedback,
             lifecycle=lifecycle,
         )
         try:

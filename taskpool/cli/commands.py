@@ -49,12 +49,14 @@ from taskpool.cli.export import result_row, task_row, write_jsonl
 from taskpool.cli.watch import JsonLinesView, LiveView, PlainLinesView, SilentView, View, follow
 from taskpool.inputs import InputError, load_tasks
 from taskpool.models import (
+    FEEDBACK_LIMIT,
     AgentSettings,
     BatchOptions,
     BatchResult,
     BatchState,
     BatchStatus,
     Priority,
+    ReviewDecision,
     TaskInput,
     TaskRecord,
     TaskSpec,
@@ -161,7 +163,8 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         specs = with_default_priority(specs, args.priority)
     batch_id = args.batch_id if args.batch_id is not None else default_batch_id(source)
     _check_batch_id(batch_id)
-    options = BatchOptions(agent=AgentSettings(model=args.model, model_calls=args.model_calls))
+    agent = AgentSettings(model=args.model, model_calls=args.model_calls, review=args.review)
+    options = BatchOptions(agent=agent)
     if args.concurrency is not None:
         options.concurrency = args.concurrency
     task_queue = args.task_queue or ctx.settings().task_queue
@@ -656,6 +659,55 @@ def _read_input_file(path: Path) -> str:
         raise CliError(f"cannot read {path}: {reason}; nothing was changed", USAGE) from None
 
 
+async def approve(ctx: Context, args: argparse.Namespace) -> int:
+    return await _review(ctx, args, "approve", args.note)
+
+
+async def reject(ctx: Context, args: argparse.Namespace) -> int:
+    if args.feedback_file is not None:
+        feedback = _read_input_file(Path(args.feedback_file))
+    else:
+        feedback = args.feedback
+    return await _review(ctx, args, "reject", feedback)
+
+
+async def _review(
+    ctx: Context, args: argparse.Namespace, decision: ReviewDecision, feedback: str | None
+) -> int:
+    feedback = feedback.strip() if feedback is not None else None
+    if decision == "reject" and not feedback:
+        raise CliError("the feedback is empty: say what the next attempt should change", USAGE)
+    if feedback is not None and len(feedback) > FEEDBACK_LIMIT:
+        raise CliError(
+            f"the feedback is {len(feedback):,} characters; at most {FEEDBACK_LIMIT:,} go with "
+            "a task (put long guidance in the task's input: see `retry --input`)",
+            USAGE,
+        )
+    consequence = "a finished batch has no results waiting in review"
+    client, info = await _running_batch(ctx, args.batch, consequence)
+    if args.all:
+        task_ids = [view.id for view in await _all_tasks(client, info, TaskStatus.REVIEW)]
+        if not task_ids:
+            raise CliError(f"no task of batch {info.batch_id} is waiting in review", USAGE)
+    else:
+        task_ids = list(dict.fromkeys(args.task_ids))
+    try:
+        answer = await batches.review_tasks(
+            client, info.batch_id, decision, task_ids=task_ids, feedback=feedback or None
+        )
+    except UPDATE_ERRORS as err:
+        raise update_problem(err, info, client, consequence) from None
+    shown = ", ".join(task_ids[:FAILURES_SHOWN]) + (
+        " ..." if len(task_ids) > FAILURES_SHOWN else ""
+    )
+    which = f"{render.tasks(len(task_ids))} of batch {info.batch_id}"
+    done = (
+        f"approved {which}" if decision == "approve" else f"sent {which} back for another attempt"
+    )
+    ctx.say(f"{done}: {shown}", f"  now: {render.counts_line(answer.counts)}")
+    return OK
+
+
 async def concurrency(ctx: Context, args: argparse.Namespace) -> int:
     consequence = "its concurrency no longer matters"
     client, info = await _running_batch(ctx, args.batch, consequence)
@@ -683,5 +735,7 @@ COMMANDS: dict[str, Command] = {
     "cancel": cancel,
     "add": add,
     "retry": retry,
+    "approve": approve,
+    "reject": reject,
     "concurrency": concurrency,
 }

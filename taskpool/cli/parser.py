@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with TASKPOOL_RPM (see README, Local model turns)",
     )
     start.add_argument(
+        "--review",
+        action="store_true",
+        help="hold every result for review: a task its agent completes waits in `review` until "
+        "`approve` completes it or `reject` runs it again with your feedback",
+    )
+    start.add_argument(
         "--task-queue", metavar="Q", help="the workers' task queue (default: TASKPOOL_TASK_QUEUE)"
     )
     _store_option(start, "the workers' task store, where the definitions go")
@@ -179,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         type=_batch_state,
         metavar="S",
-        help="only batches in this state: running, paused, completed, cancelled, failed",
+        help="only batches in this state: running, paused, awaiting_review, completed, "
+        "cancelled, failed",
     )
     batches.add_argument(
         "--limit", type=_int_between(1, 10_000), default=50, metavar="N", help="at most N (50)"
@@ -262,6 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="with one --task: run it again with this file's text as its input",
     )
 
+    approve = command(
+        "approve",
+        "Approve results waiting in review: their tasks complete.",
+        "For batches started with --review. See the results waiting with\n"
+        "  results BATCH --status review",
+    )
+    _review_targets(approve, "approve")
+    approve.add_argument("--note", metavar="TEXT", help="a note kept in each task's events")
+    reject = command(
+        "reject",
+        "Send results waiting in review back: each task runs again with your feedback.",
+        "The next attempt's model is shown the task, the result it is to revise and the\n"
+        "feedback; its new result waits in review again.",
+    )
+    _review_targets(reject, "send back")
+    feedback = reject.add_mutually_exclusive_group(required=True)
+    feedback.add_argument("--feedback", metavar="TEXT", help="what to change")
+    feedback.add_argument(
+        "--feedback-file", metavar="PATH", help="what to change, as this file's text"
+    )
+
     concurrency = command("concurrency", "Change how many tasks of a batch run at once.")
     concurrency.add_argument("concurrency", type=concurrency_value, metavar="N", help="1-1000")
 
@@ -292,6 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     _store_option(results, "the task store")
     add_demo_parser(commands)
     return parser
+
+
+def _review_targets(parser: argparse.ArgumentParser, verb: str) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--task",
+        dest="task_ids",
+        metavar="ID",
+        nargs="+",
+        action="extend",
+        help=f"{verb} these tasks' results",
+    )
+    which.add_argument("--all", action="store_true", help=f"{verb} every result in review")
 
 
 def _json_option(parser: argparse.ArgumentParser, text: str) -> None:

@@ -117,6 +117,9 @@ def headline(status: BatchStatus) -> str:
         return "paused" + (f": {status.pause_reason}" if status.pause_reason else "")
     if status.state is BatchState.CANCELLED:
         return f"cancelled: {status.cancel_reason or 'by request'}"
+    if status.state is BatchState.AWAITING_REVIEW:
+        waiting = status.counts.get(TaskStatus.REVIEW.value, 0)
+        return f"awaiting review: {tasks(waiting)} to approve or send back"
     return status.state.value
 
 
@@ -334,6 +337,8 @@ def _banner(status: BatchStatus) -> Text:
     if status.state is BatchState.CANCELLED:
         reason = status.cancel_reason or "by request"
         return Text(f" CANCELLED: {reason} ", style="bold white on red")
+    if status.state is BatchState.AWAITING_REVIEW:
+        return Text(f" {headline(status).upper()} ", style="bold black on cyan")
     style = {BatchState.COMPLETED: "bold green", BatchState.FAILED: "bold red"}
     return Text(status.state.value.upper(), style=style.get(status.state, "bold cyan"))
 

@@ -57,8 +57,7 @@ TASK_COLUMNS: tuple[str, ...] = (
 # No `seq`: the database numbers events as they are inserted, and that is the order they are read.
 EVENT_COLUMNS: tuple[str, ...] = ("batch_id", "task_id", "key", "type", "at", "message", "data")
 
-# The event that explains a task registered in a status other than pending. Review has no event of
-# its own, so it is told as a comment.
+# The event that explains a task registered in a status other than pending.
 STATUS_EVENT_TYPES: Mapping[TaskStatus, EventType] = {
     TaskStatus.PENDING: EventType.CREATED,
     TaskStatus.SCHEDULED: EventType.SCHEDULED,
@@ -66,7 +65,7 @@ STATUS_EVENT_TYPES: Mapping[TaskStatus, EventType] = {
     TaskStatus.ASSIGNED: EventType.ASSIGNED,
     TaskStatus.IN_PROGRESS: EventType.STARTED,
     TaskStatus.BLOCKED: EventType.BLOCKED,
-    TaskStatus.REVIEW: EventType.COMMENT,
+    TaskStatus.REVIEW: EventType.REVIEW,
     TaskStatus.COMPLETED: EventType.COMPLETED,
     TaskStatus.FAILED: EventType.FAILED,
     TaskStatus.CANCELLED: EventType.CANCELLED,
@@ -240,19 +239,17 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
 
     Only fields the update carries are set (None means unchanged). Going back to queued is a
     retry: the previous attempt's result, error, completion time and progress are cleared unless
-    the update sets them itself. A failed or cancelled task's result is cleared. `updated_at` is
-    the update's latest event time, else `now`, so applying the same update twice leaves the same
-    record.
+    the update sets them itself, or keeps the result (one sent back from review, which the next
+    attempt revises). A failed or cancelled task's result is cleared too, unless kept (a result
+    cancelled in review). `updated_at` is the update's latest event time, else `now`, so applying
+    the same update twice leaves the same record.
     """
     values: dict[str, Any] = {}
     if update.status is TaskStatus.QUEUED:
-        values.update(
-            result=None,
-            error=None,
-            completed_at=None,
-            progress=TaskProgress().model_dump_json(),
-        )
-    if update.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        values.update(error=None, completed_at=None, progress=TaskProgress().model_dump_json())
+        if not update.keep_result:
+            values["result"] = None
+    if update.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and not update.keep_result:
         # A failed or cancelled task has no result, even one a model turn wrote before the
         # workflow decided otherwise (a reply it never received).
         values["result"] = None
