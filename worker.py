@@ -20,6 +20,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.lifecycle import LifecycleActivities
 from activities.llm import LlmActivities
+from activities.webhooks import WebhookActivities
 from taskpool.logging_setup import configure_logging
 from taskpool.ratelimit import (
     InMemoryTokenBudget,
@@ -32,6 +33,7 @@ from taskpool.store import TaskStore, opened_store
 from taskpool.temporal import connect, ensure_search_attributes
 from workflows.batch import BatchWorkflow
 from workflows.task import TaskWorkflow
+from workflows.webhook import WebhookWorkflow
 
 log = structlog.get_logger("taskpool.worker")
 
@@ -78,14 +80,20 @@ def build_worker(
         ),
     )
     lifecycle = LifecycleActivities(store)
+    url, secret = settings.webhook_url, settings.webhook_secret
+    webhooks = WebhookActivities(
+        None if url is None else url.get_secret_value(),
+        None if secret is None else secret.get_secret_value(),
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[BatchWorkflow, TaskWorkflow],
+        workflows=[BatchWorkflow, TaskWorkflow, WebhookWorkflow],
         activities=[
             llm.chat_turn,
             lifecycle.register_tasks,
             lifecycle.record_tasks,
+            webhooks.deliver,
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         # A model turn run as a local activity (model_calls="local") holds a local-activity slot
@@ -97,9 +105,8 @@ def build_worker(
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
         ),
-        # The server enforces this across every worker polling the queue. chat_turn is the only
-        # activity on it that goes through the server (store writes are local activities), so it
-        # limits model calls.
+        # The server enforces this across every worker polling the queue. Store writes are local
+        # activities, and a batch delivers a webhook or two in its life, so it limits model calls.
         max_task_queue_activities_per_second=None if rpm is None else task_queue_rate(rpm),
         # Eager execution hands the LLM activity to this worker in the reply to the workflow
         # task that scheduled it (one server round trip less per turn), but it bypasses the
@@ -141,6 +148,7 @@ async def serve(settings: Settings) -> None:
             model=settings.model,
             base_url=settings.openai_base_url or "https://api.openai.com/v1",
             store=settings.store_url,
+            webhooks="on" if settings.webhook_url is not None else "off",
         )
         await stop.wait()
         log.info("worker stopping: finishing what it holds")

@@ -85,7 +85,9 @@ def _entries(tasks: Sequence[TaskSpec]) -> list[TaskEntry]:
 
 
 def _packed_run(columns: TaskColumns, options: BatchOptions | None, *, settled: bool) -> BatchRun:
-    run = BatchRun(tasks=pack(columns), options=options or BatchOptions(), registered=settled)
+    run = BatchRun(
+        tasks=pack(columns), options=options or BatchOptions(), registered=settled, webhooks=True
+    )
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
         raise BatchTooLargeError.by_size(size, len(columns))

@@ -218,6 +218,13 @@ class BatchRun(_Model):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     llm_calls: int = 0
     recent_failures: list[str] = Field(default_factory=list)
+    # Set for every batch started since webhooks exist: one started before (no field in its
+    # input) sends none, so its history replays.
+    webhooks: bool = False
+    # Webhook deliveries started so far (their ids count on), and whether the batch has announced
+    # that it awaits review since it last had something to run.
+    webhooks_sent: int = 0
+    review_announced: bool = False
     # Feedback on results sent back from review, by task id, until the task's next attempt starts.
     rework_feedback: dict[str, str] = Field(default_factory=dict)
 
@@ -236,6 +243,24 @@ class TaskRunInput(_Model):
     turns_record_themselves: bool = False
     # Why this attempt redoes a result sent back from review: the reviewer's words.
     rework_feedback: str | None = None
+
+
+WebhookEvent = Literal["batch.finished", "batch.awaiting_review"]
+
+
+class WebhookDelivery(_Model):
+    """What a batch's webhook POSTs: the event and where the batch stands."""
+
+    event: WebhookEvent
+    # The same across retries of one delivery, so a receiver can take it once.
+    delivery_id: str
+    batch_id: str
+    state: BatchState
+    total: int
+    counts: dict[str, int]
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    llm_calls: int = 0
+    at: datetime
 
 
 class TaskOutcome(_Model):

@@ -9,6 +9,7 @@ from temporalio.common import SearchAttributeKey
 
 BATCH_WORKFLOW = "BatchWorkflow"
 TASK_WORKFLOW = "TaskWorkflow"
+WEBHOOK_WORKFLOW = "WebhookWorkflow"
 
 # Batch signals, queries and updates.
 PAUSE = "pause"
@@ -36,6 +37,7 @@ TASK_PROGRESS = "progress"
 CHAT_TURN = "chat_turn"
 REGISTER_TASKS = "register_tasks"
 RECORD_TASKS = "record_tasks"
+DELIVER_WEBHOOK = "deliver_webhook"
 
 # The error type a task fails with when the store does not have its definition.
 DEFINITION_MISSING = "definition_missing"
@@ -45,6 +47,11 @@ LOCAL_TURN_REFUSED = "local_turn_refused"
 BATCH_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("TaskpoolBatchState")
 BATCH_PROGRESS_ATTRIBUTE = SearchAttributeKey.for_int("TaskpoolProgress")
 SEARCH_ATTRIBUTES = (BATCH_STATE_ATTRIBUTE, BATCH_PROGRESS_ATTRIBUTE)
+
+
+def webhook_workflow_id(batch_id: str, number: int) -> str:
+    """`<batch>#webhook-<n>`: apart from every task's `<batch>/<task>`."""
+    return f"{batch_id}#webhook-{number}"
 
 
 def task_workflow_id(batch_id: str, task_id: str, attempt: int) -> str:

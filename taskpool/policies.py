@@ -24,6 +24,19 @@ STORE_WRITE_OPTIONS: dict[str, Any] = {
 }
 
 
+# A webhook delivery: a request takes seconds; an endpoint that is down is tried again, less and
+# less often, for a day.
+WEBHOOK_DELIVERY_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(days=1),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=2),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=10),
+    ),
+}
+
+
 # Bounds on a task workflow's workflow-task timeout when its model turns run locally: short
 # enough that a lost worker's turn is soon retried, long enough that a busy worker is not
 # taken for a lost one, and within what the server accepts.

@@ -8,10 +8,11 @@ by the SDK's env config, see taskpool.temporal.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 DEFAULT_TASK_QUEUE = "taskpool"
 DEFAULT_STORE = "data/taskpool.db"
@@ -32,6 +33,8 @@ ENVIRONMENT = {
     "TASKPOOL_RPM": "requests_per_minute",
     "TASKPOOL_TPM": "tokens_per_minute",
     "TASKPOOL_TOKEN_BUDGET_DB": "token_budget_db",
+    "TASKPOOL_WEBHOOK_URL": "webhook_url",
+    "TASKPOOL_WEBHOOK_SECRET": "webhook_secret",
     "TASKPOOL_LOG_LEVEL": "log_level",
     "TASKPOOL_LOG_FORMAT": "log_format",
 }
@@ -69,8 +72,19 @@ class Settings(BaseModel):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     # That file; default: beside a SQLite task store. ":memory:" keeps it in this process.
     token_budget_db: str | None = None
+    # Where batches announce their news, and the secret that signs each delivery. The URL is
+    # kept as a secret too: many endpoints carry their credential in it.
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _an_http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value.get_secret_value()):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

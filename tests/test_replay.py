@@ -12,6 +12,7 @@ from temporalio.worker import Replayer
 
 from workflows.batch import BatchWorkflow
 from workflows.task import TaskWorkflow
+from workflows.webhook import WebhookWorkflow
 
 ROOT = Path(__file__).parent / "histories"
 # One directory per recording (scripts/record_histories.py): each set is what workflows started by
@@ -37,7 +38,8 @@ async def test_recorded_history_replays(path: Path) -> None:
     workflow_id = path.stem.rsplit("-", 1)[0].replace("__", "/")
     history = WorkflowHistory.from_json(workflow_id, HISTORY_TEXT[path])
     replayer = Replayer(
-        workflows=[BatchWorkflow, TaskWorkflow], data_converter=pydantic_data_converter
+        workflows=[BatchWorkflow, TaskWorkflow, WebhookWorkflow],
+        data_converter=pydantic_data_converter,
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"

@@ -66,6 +66,8 @@ with workflow.unsafe.imports_passed_through():
         TasksQuery,
         TaskStatus,
         TaskView,
+        WebhookDelivery,
+        WebhookEvent,
     )
     from taskpool.packing import pack, unpack
     from taskpool.policies import STORE_WRITE_OPTIONS, task_workflow_task_timeout
@@ -145,9 +147,11 @@ class BatchWorkflow:
             )
             await self._cancel_everything()
             self._refresh_visibility()
+            await self._announce("batch.finished")
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._refresh_visibility()
+        await self._announce("batch.finished")
         return BatchResult(
             batch_id=self._batch_id,
             state=self._state(),
@@ -167,6 +171,7 @@ class BatchWorkflow:
             self._dispatch()
             await self._flush_store()
             self._refresh_visibility()
+            await self._announce_review_when_due()
             # A retry still writing new inputs has tasks to queue, and a result in review waits
             # for a decision: the batch is not done.
             if (
@@ -667,6 +672,46 @@ class BatchWorkflow:
             self._reports_this_run,
         )
         workflow.continue_as_new(self._run)
+
+    # --- webhooks ---------------------------------------------------------------------------------
+
+    async def _announce_review_when_due(self) -> None:
+        """Announce each time the batch comes to await review (once, across continue-as-new)."""
+        awaiting = self._state() is BatchState.AWAITING_REVIEW
+        if awaiting == self._run.review_announced:
+            return
+        self._run.review_announced = awaiting
+        if awaiting:
+            await self._announce("batch.awaiting_review")
+
+    async def _announce(self, event: WebhookEvent) -> None:
+        """Start the delivery of a webhook and leave it: it retries on its own, and the batch
+        goes on (or ends) meanwhile. Where it goes is the workers' configuration."""
+        if not self._run.webhooks:
+            return
+        self._run.webhooks_sent += 1
+        status = self.status()
+        delivery = WebhookDelivery(
+            event=event,
+            delivery_id=names.webhook_workflow_id(self._batch_id, self._run.webhooks_sent),
+            batch_id=self._batch_id,
+            state=status.state,
+            total=status.total,
+            counts=status.counts,
+            usage=status.usage,
+            llm_calls=status.llm_calls,
+            at=workflow.now(),
+        )
+        try:
+            await workflow.start_child_workflow(
+                names.WEBHOOK_WORKFLOW,
+                delivery,
+                id=delivery.delivery_id,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"{event} webhook of batch {self._batch_id}"[:200],
+            )
+        except (WorkflowAlreadyStartedError, FailureError) as err:
+            workflow.logger.warning("Webhook %s not started: %s", delivery.delivery_id, err)
 
     # --- the task store ---------------------------------------------------------------------------
 
