@@ -853,3 +853,52 @@ def test_a_large_file_is_announced_before_it_is_read(tmp_path: Path) -> None:
     first, *rest = err.getvalue().splitlines()
     assert first == f"reading and checking {source} (10 MB)"
     assert any("duplicate id 't0'" in line for line in rest), rest
+
+
+async def test_task_waits_for_an_outcome_and_takes_comments(
+    env: dict[str, str],
+    worker: Worker,
+    scripted: ScriptedModelServer,
+    batch_id: str,
+    tmp_path: Path,
+) -> None:
+    script_slow_task(scripted, "slow", seconds=3)
+    scripted.script("bad", Reply(tool_calls=[ToolCallSpec("fail_task", {"reason": "garbled"})]))
+    source = write_jsonl(
+        tmp_path / "tasks.jsonl", {"id": "slow", "input": "Slow."}, {"id": "bad", "input": "Bad."}
+    )
+    started = await starter(env, "start", str(source), "--batch-id", batch_id)
+    assert started.code == 0, started.err
+
+    gave_up = await starter(env, "task", batch_id, "slow", "--wait", "--timeout", "0.5")
+    assert gave_up.code == 1
+    assert f"task slow of batch {batch_id} is still " in gave_up.err
+    assert "after 0.5 s" in gave_up.err
+    waited, failed = await asyncio.gather(
+        starter(env, "task", batch_id, "slow", "--wait", "--json", "--interval", "0.2"),
+        starter(env, "task", batch_id, "bad", "--wait", "--json"),
+    )
+    assert waited.code == 0, waited.err
+    assert waited.json_lines()[0]["status"] == "completed"
+    assert waited.json_lines()[0]["result"] == "late"
+    assert failed.code == 1
+    assert failed.json_lines()[0]["status"] == "failed"
+
+    commented = await starter(env, "comment", batch_id, "slow", "Checked by hand.")
+    assert commented.code == 0, commented.err
+    assert f"comment added to task slow of batch {batch_id}" in commented.out
+    shown = await starter(env, "task", batch_id, "slow", "--json")
+    last = shown.json_lines()[0]["events"][-1]
+    assert (last["type"], last["message"]) == ("comment", "Checked by hand.")
+
+    unknown, empty, stray_timeout = await asyncio.gather(
+        starter(env, "comment", batch_id, "nope", "Hello."),
+        starter(env, "comment", batch_id, "slow", "  "),
+        starter(env, "task", batch_id, "slow", "--timeout", "1"),
+    )
+    assert unknown.code == 2
+    assert f"has no task 'nope' of batch {batch_id}" in unknown.err
+    assert empty.code == 2
+    assert "the comment is empty" in empty.err
+    assert stray_timeout.code == 2
+    assert "--timeout goes with --wait" in stray_timeout.err

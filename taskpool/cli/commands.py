@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import secrets
 import sys
+import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -55,10 +58,13 @@ from taskpool.models import (
     BatchResult,
     BatchState,
     BatchStatus,
+    EventType,
     Priority,
     ReviewDecision,
+    TaskEvent,
     TaskInput,
     TaskRecord,
+    TaskRecordUpdate,
     TaskSpec,
     TaskStatus,
     TaskView,
@@ -72,6 +78,7 @@ from taskpool.store import (
     sqlite_path,
     store_errors,
 )
+from taskpool.store.common import UnknownTaskError
 
 FAILURES_SHOWN = 10
 # Wide enough for a results table when the output is a file or a pipe, not a terminal.
@@ -396,21 +403,76 @@ async def list_batches(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def task(ctx: Context, args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise CliError("--timeout goes with --wait", USAGE)
     url = _existing_store(args.store or ctx.settings().store_url)
     async with _task_store(url, "read") as store:
-        record = await store.get_task(args.batch, args.task_id, with_events=True)
-    if record is None:
-        raise CliError(
-            f"the task store at {display_url(url)} has no task {args.task_id!r} of batch "
-            f"{args.batch}",
-            USAGE,
-        )
+        record = await _stored_task(store, url, args.batch, args.task_id)
+        if args.wait:
+            record = await _until_it_has_an_outcome(ctx, store, url, record, args)
     if args.json:
         ctx.json_line(record.model_dump_json())
-        return OK
-    ctx.say(*render.task_lines(record))
-    ctx.say("events:")
-    ctx.show(render.events_table(record.events))
+    else:
+        ctx.say(*render.task_lines(record))
+        ctx.say("events:")
+        ctx.show(render.events_table(record.events))
+    if args.wait and record.status is not TaskStatus.COMPLETED:
+        return FAILED
+    return OK
+
+
+async def _stored_task(store: TaskStore, url: str, batch_id: str, task_id: str) -> TaskRecord:
+    record = await store.get_task(batch_id, task_id, with_events=True)
+    if record is None:
+        raise CliError(
+            f"the task store at {display_url(url)} has no task {task_id!r} of batch {batch_id}",
+            USAGE,
+        )
+    return record
+
+
+async def _until_it_has_an_outcome(
+    ctx: Context, store: TaskStore, url: str, record: TaskRecord, args: argparse.Namespace
+) -> TaskRecord:
+    """The task's record once it has an outcome, read from the store every --interval."""
+    started = time.monotonic()
+    last_status = None
+    while not record.status.ends_attempt:
+        if record.status is not last_status:
+            ctx.note(f"task {record.task_id} is {record.status.value}; waiting")
+            last_status = record.status
+        if args.timeout is not None and time.monotonic() - started >= args.timeout:
+            raise CliError(
+                f"task {record.task_id} of batch {record.batch_id} is still "
+                f"{record.status.value} after {args.timeout:g} s"
+            )
+        await asyncio.sleep(args.interval)
+        record = await _stored_task(store, url, record.batch_id, record.task_id)
+    return record
+
+
+async def comment(ctx: Context, args: argparse.Namespace) -> int:
+    text = args.text.strip()
+    if not text:
+        raise CliError("the comment is empty", USAGE)
+    url = _existing_store(args.store or ctx.settings().store_url)
+    event = TaskEvent(
+        key=f"comment:{uuid.uuid4().hex}",
+        type=EventType.COMMENT,
+        at=datetime.now(UTC),
+        message=text,
+    )
+    update = TaskRecordUpdate(batch_id=args.batch, task_id=args.task_id, events=[event])
+    async with _task_store(url, "write to") as store:
+        try:
+            await store.apply([update])
+        except UnknownTaskError:
+            raise CliError(
+                f"the task store at {display_url(url)} has no task {args.task_id!r} of batch "
+                f"{args.batch}",
+                USAGE,
+            ) from None
+    ctx.say(f"comment added to task {args.task_id} of batch {args.batch}")
     return OK
 
 
@@ -728,6 +790,7 @@ COMMANDS: dict[str, Command] = {
     "watch": watch,
     "tasks": tasks,
     "task": task,
+    "comment": comment,
     "batches": list_batches,
     "results": results,
     "pause": pause,

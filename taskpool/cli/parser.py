@@ -50,14 +50,20 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError("give between 0.1 and 3600 seconds")
-    return value
+def _seconds_up_to(most: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not 0.1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"give between 0.1 and {most:g} seconds")
+        return value
+
+    return parse
+
+
+_seconds = _seconds_up_to(3600)
 
 
 def _one_of(kind: type[E]) -> Callable[[str], E]:
@@ -201,6 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("task_id", metavar="TASK", help="the task's id")
     _json_option(task, "print the task's record, events included, as one JSON object")
     _store_option(task, "the task store")
+    task.add_argument(
+        "--wait",
+        action="store_true",
+        help="first wait until the task has an outcome (completed, failed, cancelled, or a "
+        "result in review); exit 1 unless it completed",
+    )
+    task.add_argument(
+        "--timeout",
+        type=_seconds_up_to(7 * 24 * 3600),
+        metavar="S",
+        help="with --wait: give up after S seconds (exit 1); default: wait as long as it takes",
+    )
+    _interval_option(task)
+
+    comment = command(
+        "comment",
+        "Add a comment to a task's event history in the task store.",
+        "For people reading the task later (`task BATCH ID` shows it). Needs no Temporal server.",
+    )
+    comment.add_argument("task_id", metavar="TASK", help="the task's id")
+    comment.add_argument("text", metavar="TEXT", help="the comment")
+    _store_option(comment, "the task store")
 
     pause = command(
         "pause",
