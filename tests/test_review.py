@@ -3,7 +3,6 @@ or send it back with feedback, which the task's next attempt is shown with the r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from taskpool.store import TaskStore
 from tests.conftest import eventually, start_test_batch, worker_environment
 from tests.test_batch_e2e import documents
 from tests.test_starter import starter, write_jsonl
-from tests.test_temporal_cli import temporal
+from tests.test_temporal_cli import update
 
 
 def last_request_messages(scripted: ScriptedModelServer, task_id: str) -> list[dict[str, Any]]:
@@ -147,18 +146,9 @@ async def test_review_holds_across_continue_as_new_and_takes_json_from_the_tempo
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await batches.review_tasks(client, batch_id, "reject", task_ids=["doc-2"])
     assert "a result sent back needs feedback" in str(refused.value.cause)
-    await temporal(
-        temporal_address,
-        "workflow",
-        "update",
-        "execute",
-        "--workflow-id",
-        batch_id,
-        "--name",
-        "review_tasks",
-        "--input",
-        json.dumps({"task_ids": ["doc-0"], "decision": "reject", "feedback": "More detail."}),
-    )
+    request = {"task_ids": ["doc-0"], "decision": "reject", "feedback": "More detail."}
+    answer = await update(temporal_address, batch_id, "review_tasks", request)
+    assert answer["counts"]["review"] == 5
     await batches.cancel_tasks(client, batch_id, ["doc-1"], reason="not needed")
 
     async def redone() -> None:

@@ -55,6 +55,25 @@ async def query(address: str, batch_id: str, name: str, *args: str) -> Any:
     return json.loads(out)["queryResult"][0]
 
 
+async def update(address: str, batch_id: str, name: str, payload: dict[str, Any]) -> Any:
+    """The answer to one of the batch's updates, sent through the CLI with a JSON payload."""
+    out = await temporal(
+        address,
+        "workflow",
+        "update",
+        "execute",
+        "--workflow-id",
+        batch_id,
+        "--name",
+        name,
+        "--input",
+        json.dumps(payload),
+        "--output",
+        "json",
+    )
+    return json.loads(out)["result"]
+
+
 async def test_cli_queries_status_and_pauses_and_resumes(
     client: Client,
     worker: Worker,
@@ -115,22 +134,8 @@ async def test_cli_retries_a_failed_task_with_a_new_input(
 ) -> None:
     handle = await batch_with_a_failed_task(client, settings, scripted, batch_id, hold_seconds=60)
     request = {"task_ids": ["bad"], "inputs": {"bad": "The corrected text."}}
-    out = await temporal(
-        temporal_address,
-        "workflow",
-        "update",
-        "execute",
-        "--workflow-id",
-        batch_id,
-        "--name",
-        "retry_tasks",
-        "--input",
-        json.dumps(request),
-        "--output",
-        "json",
-    )
+    answer = await update(temporal_address, batch_id, "retry_tasks", request)
     # The answer is the batch's status, with the task queued again.
-    answer = json.loads(out)["result"]
     assert (answer["batch_id"], answer["counts"]["failed"]) == (batch_id, 0)
 
     async def completed() -> None:

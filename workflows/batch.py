@@ -327,14 +327,7 @@ class BatchWorkflow:
     @retry_tasks.validator
     def _validate_retry_tasks(self, request: RetryTasksRequest) -> None:
         self._reject_if_closing()
-        for task_id in request.task_ids:
-            entry = self._table.get(task_id)
-            if entry is None:
-                raise ValueError(f"batch has no task {task_id!r}")
-            if entry.status is not TaskStatus.FAILED:
-                raise ValueError(
-                    f"task {task_id!r} is {entry.status.value}; only failed tasks retry"
-                )
+        self._require_each(request.task_ids, TaskStatus.FAILED, "only failed tasks retry")
         retried = {entry.id for entry in self._still_failed(request)}
         if not retried:
             raise ValueError("no failed tasks to retry")
@@ -346,10 +339,23 @@ class BatchWorkflow:
     def _still_failed(self, request: RetryTasksRequest) -> list[TaskRow]:
         """The failed tasks a retry names. A task another retry has queued since this one was
         accepted is left out, so it is not queued twice."""
-        if request.all_failed:
-            return list(self._table.with_status(TaskStatus.FAILED))
-        entries = (self._table.get(task_id) for task_id in dict.fromkeys(request.task_ids))
-        return [e for e in entries if e is not None and e.status is TaskStatus.FAILED]
+        return self._named(request.task_ids, TaskStatus.FAILED, every=request.all_failed)
+
+    def _named(self, task_ids: Sequence[str], status: TaskStatus, *, every: bool) -> list[TaskRow]:
+        """The tasks a request names (or, with `every`, all) that are in `status` now."""
+        if every:
+            return list(self._table.with_status(status))
+        entries = (self._table.get(task_id) for task_id in dict.fromkeys(task_ids))
+        return [e for e in entries if e is not None and e.status is status]
+
+    def _require_each(self, task_ids: Sequence[str], status: TaskStatus, only: str) -> None:
+        """Refuse a request that names a task the batch does not have or one not in `status`."""
+        for task_id in task_ids:
+            entry = self._table.get(task_id)
+            if entry is None:
+                raise ValueError(f"batch has no task {task_id!r}")
+            if entry.status is not status:
+                raise ValueError(f"task {task_id!r} is {entry.status.value}; {only}")
 
     async def _replace_inputs(self, request: RetryTasksRequest) -> None:
         now = workflow.now()
@@ -405,23 +411,13 @@ class BatchWorkflow:
             raise ValueError("a result sent back needs feedback: say what to change")
         if not request.task_ids and not request.all_in_review:
             raise ValueError("name the tasks to review, or set all_in_review")
-        for task_id in request.task_ids:
-            entry = self._table.get(task_id)
-            if entry is None:
-                raise ValueError(f"batch has no task {task_id!r}")
-            if entry.status is not TaskStatus.REVIEW:
-                raise ValueError(
-                    f"task {task_id!r} is {entry.status.value}; only a task in review can be "
-                    "approved or sent back"
-                )
+        only = "only a task in review can be approved or sent back"
+        self._require_each(request.task_ids, TaskStatus.REVIEW, only)
         if not self._in_review(request):
             raise ValueError("no task of the batch is waiting in review")
 
     def _in_review(self, request: ReviewTasksRequest) -> list[TaskRow]:
-        if request.all_in_review:
-            return list(self._table.with_status(TaskStatus.REVIEW))
-        entries = (self._table.get(task_id) for task_id in dict.fromkeys(request.task_ids))
-        return [e for e in entries if e is not None and e.status is TaskStatus.REVIEW]
+        return self._named(request.task_ids, TaskStatus.REVIEW, every=request.all_in_review)
 
     @workflow.update(name=names.CANCEL_TASKS)
     async def cancel_tasks(self, request: CancelTasksRequest) -> BatchStatus:

@@ -243,14 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stopped. Cancelling is final.",
     )
     cancel.add_argument("--reason", metavar="R", help="why, recorded with each cancelled task")
-    cancel.add_argument(
-        "--task",
-        dest="task_ids",
-        metavar="ID",
-        nargs="+",
-        action="extend",
-        help="cancel only these tasks; the batch goes on",
-    )
+    _task_ids_option(cancel, "cancel only these tasks; the batch goes on")
 
     add = command(
         "add",
@@ -272,14 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="retry every failed task")
-    which.add_argument(
-        "--task",
-        dest="task_ids",
-        metavar="ID",
-        nargs="+",
-        action="extend",
-        help="retry these failed tasks",
-    )
+    _task_ids_option(which, "retry these failed tasks")
     which.add_argument(
         "--inputs",
         dest="inputs_file",
@@ -350,16 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_ids_option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, text: str
+) -> None:
+    """`--task ID ...`, which may be given more than once."""
+    parser.add_argument(
+        "--task", dest="task_ids", metavar="ID", nargs="+", action="extend", help=text
+    )
+
+
 def _review_targets(parser: argparse.ArgumentParser, verb: str) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--task",
-        dest="task_ids",
-        metavar="ID",
-        nargs="+",
-        action="extend",
-        help=f"{verb} these tasks' results",
-    )
+    _task_ids_option(which, f"{verb} these tasks' results")
     which.add_argument("--all", action="store_true", help=f"{verb} every result in review")
 
 
