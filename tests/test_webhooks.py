@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -28,10 +28,22 @@ from activities.webhooks import (
 )
 from taskpool import batches
 from taskpool.batches import batch_status
-from taskpool.models import AgentSettings, BatchOptions, BatchState, WebhookDelivery
+from taskpool.models import (
+    AgentSettings,
+    BatchOptions,
+    BatchState,
+    TaskSpec,
+    WebhookDelivery,
+)
 from taskpool.scripted import ScriptedModelServer
 from taskpool.settings import Settings, SettingsError
-from tests.conftest import eventually, result_in_time, running_worker, start_test_batch
+from tests.conftest import (
+    eventually,
+    result_in_time,
+    running_worker,
+    script_slow_task,
+    start_test_batch,
+)
 from tests.test_batch_e2e import documents
 
 SECRET = "a shared secret"  # noqa: S105 (the test's own)
@@ -175,3 +187,38 @@ def test_the_endpoint_and_secret_come_from_the_environment_and_stay_out_of_sight
     with pytest.raises(SettingsError) as bad:
         Settings.from_env({"TASKPOOL_WEBHOOK_URL": "hooks.example.com"})
     assert "TASKPOOL_WEBHOOK_URL: Value error, must be an http:// or https:// URL" in str(bad.value)
+
+
+async def test_a_batch_cancelled_from_temporal_still_announces_its_end(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    receiver: Receiver,
+    batch_id: str,
+) -> None:
+    script_slow_task(scripted, "hold", seconds=30)
+    configured = settings.model_copy(update={"webhook_url": SecretStr(receiver.url)})
+    async with running_worker(client, configured):
+        handle = await start_test_batch(
+            client, settings, batch_id, [TaskSpec(id="hold", input="Hold.")]
+        )
+
+        async def running() -> None:
+            assert (await batch_status(client, batch_id)).in_flight == 1
+
+        await eventually(running)
+        # The UI's Request Cancellation: the batch ends as a cancelled workflow.
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await result_in_time(handle)
+
+        async def announced() -> None:
+            assert len(receiver.received) == 1
+
+        await eventually(announced)
+
+    (finished,) = receiver.deliveries()
+    assert (finished["event"], finished["state"]) == ("batch.finished", "cancelled")
+    assert finished["counts"]["cancelled"] == 1
+    # Without a secret the delivery goes unsigned.
+    assert SIGNATURE_HEADER not in receiver.received[0][0]

@@ -117,6 +117,7 @@ class BatchWorkflow:
         # take turns, so one accepted meanwhile cannot queue such a task before its new input is
         # written (a turn on another worker would read the old one).
         self._retrying = asyncio.Lock()
+        self._finished = False
 
     @property
     def _local_turns(self) -> bool:
@@ -149,6 +150,9 @@ class BatchWorkflow:
             self._refresh_visibility()
             await self._announce("batch.finished")
             raise
+        # The run loop is done with the table: an update accepted from here on would change it
+        # for nobody (see _reject_if_closing).
+        self._finished = True
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._refresh_visibility()
         await self._announce("batch.finished")
@@ -462,6 +466,8 @@ class BatchWorkflow:
     def _reject_if_closing(self) -> None:
         if self._run.cancel_reason is not None:
             raise ValueError(f"the batch is being cancelled ({self._run.cancel_reason})")
+        if self._finished:
+            raise ValueError("the batch has finished")
 
     # --- dispatch ---------------------------------------------------------------------------------
 
