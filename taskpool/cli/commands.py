@@ -627,7 +627,7 @@ async def cancel(ctx: Context, args: argparse.Namespace) -> int:
             raise update_problem(err, info, client, consequence) from None
         ctx.say(
             f"cancelled {render.tasks(len(args.task_ids))} of batch {info.batch_id} "
-            f"({', '.join(args.task_ids[:FAILURES_SHOWN])}); the batch goes on",
+            f"({_some_ids(args.task_ids)}); the batch goes on",
             f"  now: {render.counts_line(answer.counts)}",
         )
         return OK
@@ -681,15 +681,19 @@ async def retry(ctx: Context, args: argparse.Namespace) -> int:
         )
     except UPDATE_ERRORS as err:
         raise update_problem(err, info, client, consequence) from None
-    shown = ", ".join(task_ids[:FAILURES_SHOWN]) + (
-        " ..." if len(task_ids) > FAILURES_SHOWN else ""
-    )
+    shown = _some_ids(task_ids)
     with_inputs = f" ({len(inputs)} with a new input)" if inputs else ""
     ctx.say(
         f"retrying {render.tasks(len(task_ids))} of batch {info.batch_id}{with_inputs}: {shown}",
         f"  now: {render.counts_line(answer.counts)}",
     )
     return OK
+
+
+def _some_ids(task_ids: Sequence[str]) -> str:
+    """The first few ids, for a line that says what a command did."""
+    more = " ..." if len(task_ids) > FAILURES_SHOWN else ""
+    return ", ".join(task_ids[:FAILURES_SHOWN]) + more
 
 
 def _retry_inputs(args: argparse.Namespace) -> dict[str, TaskInput]:
@@ -759,9 +763,7 @@ async def _review(
         )
     except UPDATE_ERRORS as err:
         raise update_problem(err, info, client, consequence) from None
-    shown = ", ".join(task_ids[:FAILURES_SHOWN]) + (
-        " ..." if len(task_ids) > FAILURES_SHOWN else ""
-    )
+    shown = _some_ids(task_ids)
     which = f"{render.tasks(len(task_ids))} of batch {info.batch_id}"
     done = (
         f"approved {which}" if decision == "approve" else f"sent {which} back for another attempt"
