@@ -48,6 +48,7 @@ async def test_results_wait_in_review_until_approved_or_sent_back_with_feedback(
     )
     started = await starter(env, "start", str(source), "--batch-id", batch_id, "--review")
     assert started.code == 0, started.err
+    assert f"approve:    python starter.py approve {batch_id} --task ID ..." in started.out
 
     async def settled(state: BatchState, **expected: int) -> None:
         status = await batch_status(client, batch_id)
@@ -57,6 +58,7 @@ async def test_results_wait_in_review_until_approved_or_sent_back_with_feedback(
     await eventually(lambda: settled(BatchState.AWAITING_REVIEW, review=2, blocked=1))
     shown = await starter(env, "status", batch_id)
     assert "awaiting review: 2 tasks to approve or send back" in shown.out
+    assert f"see them:   python starter.py results {batch_id} --status review" in shown.out
     waiting = await starter(env, "results", batch_id, "--status", "review", "--json")
     first_results = {row["id"]: row["result"] for row in waiting.json_lines()}
     assert set(first_results) == {"draft", "other"}

@@ -206,6 +206,8 @@ async def start(ctx: Context, args: argparse.Namespace) -> int:
         )
         if not args.wait:
             ctx.say(*_next_steps(batch_id))
+            if args.review:
+                ctx.say(*render.review_steps(batch_id))
     if not args.wait:
         return OK
     info = BatchInfo(batch_id, task_queue, WorkflowExecutionStatus.RUNNING)

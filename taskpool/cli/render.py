@@ -151,7 +151,18 @@ def status_lines(status: BatchStatus, now: datetime) -> list[str]:
             f"    {view.id}: {one_line(task_problem(view), ERROR_WIDTH)}"
             for view in status.recent_errors
         ]
+    if status.counts.get(TaskStatus.REVIEW.value):
+        lines += review_steps(status.batch_id)
     return lines
+
+
+def review_steps(batch_id: str) -> list[str]:
+    """How to see and decide the results that wait for review."""
+    return [
+        f"  see them:   {command('results', batch_id, '--status', 'review')}",
+        f"  approve:    {command('approve', batch_id, '--task', 'ID', '...')}  (or --all)",
+        f"  send back:  {command('reject', batch_id, '--task', 'ID', '--feedback', 'TEXT')}",
+    ]
 
 
 def outcome_lines(result: BatchResult, failures: Sequence[TaskView]) -> list[str]:
