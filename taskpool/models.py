@@ -536,8 +536,8 @@ class TaskRecordUpdate(_Model):
     completed_at: datetime | None = None
     # A retry's new input replaces the task's definition input.
     input: TaskInput | None = None
-    # Going back to queued clears the last result, except for a result sent back from review:
-    # the next attempt revises it.
+    # Going back to queued, failing or being cancelled clears the last result; a result sent back
+    # from review (the next attempt revises it) or cancelled in review keeps it.
     keep_result: bool = False
     events: list[TaskEvent] = Field(default_factory=list)
     # A model turn's write: its events replace any whose key starts with this prefix, which an

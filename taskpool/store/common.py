@@ -234,6 +234,10 @@ def event_row(batch_id: str, task_id: str, event: TaskEvent) -> tuple[Any, ...]:
 # --- Updates --------------------------------------------------------------------------------------
 
 
+# The statuses whose update clears the task's result, unless it keeps it.
+_RESULT_CLEARED = frozenset({TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
 def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any]:
     """The columns an update sets, with encoded values; the merging rules live here.
 
@@ -247,11 +251,10 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
     values: dict[str, Any] = {}
     if update.status is TaskStatus.QUEUED:
         values.update(error=None, completed_at=None, progress=TaskProgress().model_dump_json())
-        if not update.keep_result:
-            values["result"] = None
-    if update.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and not update.keep_result:
-        # A failed or cancelled task has no result, even one a model turn wrote before the
-        # workflow decided otherwise (a reply it never received).
+    if update.status in _RESULT_CLEARED and not update.keep_result:
+        # A queued task's next attempt starts afresh; a failed or cancelled task has no result,
+        # even one a model turn wrote before the workflow decided otherwise (a reply it never
+        # received).
         values["result"] = None
     if update.status is not None:
         values["status"] = update.status.value
