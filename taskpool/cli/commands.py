@@ -409,9 +409,9 @@ async def task(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError("--timeout goes with --wait", USAGE)
     url = _existing_store(args.store or ctx.settings().store_url)
     async with _task_store(url, "read") as store:
-        record = await _stored_task(store, url, args.batch, args.task_id)
         if args.wait:
-            record = await _until_it_has_an_outcome(ctx, store, url, record, args)
+            await _until_it_has_an_outcome(ctx, store, url, args)
+        record = await _stored_task(store, url, args.batch, args.task_id, with_events=True)
     if args.json:
         ctx.json_line(record.model_dump_json())
     else:
@@ -423,8 +423,10 @@ async def task(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
-async def _stored_task(store: TaskStore, url: str, batch_id: str, task_id: str) -> TaskRecord:
-    record = await store.get_task(batch_id, task_id, with_events=True)
+async def _stored_task(
+    store: TaskStore, url: str, batch_id: str, task_id: str, *, with_events: bool
+) -> TaskRecord:
+    record = await store.get_task(batch_id, task_id, with_events=with_events)
     if record is None:
         raise CliError(
             f"the task store at {display_url(url)} has no task {task_id!r} of batch {batch_id}",
@@ -434,12 +436,16 @@ async def _stored_task(store: TaskStore, url: str, batch_id: str, task_id: str) 
 
 
 async def _until_it_has_an_outcome(
-    ctx: Context, store: TaskStore, url: str, record: TaskRecord, args: argparse.Namespace
-) -> TaskRecord:
-    """The task's record once it has an outcome, read from the store every --interval."""
+    ctx: Context, store: TaskStore, url: str, args: argparse.Namespace
+) -> None:
+    """Return once the task has an outcome, looking at its record (without its events, which
+    only the final answer shows) every --interval."""
     started = time.monotonic()
     last_status = None
-    while not record.status.ends_attempt:
+    while True:
+        record = await _stored_task(store, url, args.batch, args.task_id, with_events=False)
+        if record.status.ends_attempt:
+            return
         if record.status is not last_status:
             ctx.note(f"task {record.task_id} is {record.status.value}; waiting")
             last_status = record.status
@@ -449,8 +455,6 @@ async def _until_it_has_an_outcome(
                 f"{record.status.value} after {args.timeout:g} s"
             )
         await asyncio.sleep(args.interval)
-        record = await _stored_task(store, url, record.batch_id, record.task_id)
-    return record
 
 
 async def comment(ctx: Context, args: argparse.Namespace) -> int:
