@@ -1,7 +1,7 @@
 """taskpool worker: polls the task queue and runs batch and task workflows and their activities.
 
-Configuration comes from the environment (see taskpool.settings and README); Temporal connection
-settings from the SDK's standard env config (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...).
+Configuration comes from the environment (see taskpool.infra.settings and README); Temporal
+connection settings from the SDK's standard env config (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...).
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from activities.lifecycle import LifecycleActivities
 from activities.llm import LlmActivities
+from activities.store_writes import LifecycleActivities
 from activities.webhooks import WebhookActivities
-from taskpool.logging_setup import configure_logging
-from taskpool.ratelimit import (
+from taskpool.infra.log_config import configure_logging
+from taskpool.infra.ratelimit import (
     InMemoryTokenBudget,
     TokenBudget,
     open_token_budget,
     task_queue_rate,
 )
-from taskpool.settings import Settings, SettingsError
-from taskpool.store import TaskStore, opened_store
-from taskpool.temporal import connect, ensure_search_attributes
+from taskpool.infra.settings import Settings, SettingsError
+from taskpool.infra.store import TaskStore, opened_store
+from taskpool.infra.temporal_connection import connect, ensure_search_attributes
 from workflows.batch import BatchWorkflow
 from workflows.task import TaskWorkflow
 from workflows.webhook import WebhookWorkflow

@@ -23,31 +23,31 @@ from typing import Any, Literal
 import openai
 import structlog
 from openai.types.chat import ChatCompletion
+from taskpool.infra.store.common import UnknownTaskError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from taskpool import agents, names
-from taskpool.models import (
+from taskpool.domain import agents, names
+from taskpool.domain.ledger import TaskLedger, turn_event_prefix
+from taskpool.domain.tasks import TokenUsage
+from taskpool.domain.turns import (
     ChatMessage,
     ChatTurnRequest,
     ChatTurnResult,
     DefinitionRef,
     RecordedTurn,
-    TokenUsage,
     ToolCall,
     TurnLifecycle,
 )
-from taskpool.ratelimit import (
+from taskpool.infra.ratelimit import (
     DEFAULT_COMPLETION_ALLOWANCE,
     BudgetWaitTimeout,
     TokenBudget,
     estimate_tokens,
     spending,
 )
-from taskpool.store import TaskStore
-from taskpool.store.common import UnknownTaskError
-from taskpool.task_ledger import TaskLedger, turn_event_prefix
-from taskpool.tool_emulation import (
+from taskpool.infra.store import TaskStore
+from taskpool.infra.tool_emulation import (
     emulated_messages,
     emulation_instructions,
     parse_emulated_reply,

@@ -18,8 +18,8 @@ import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from taskpool import names
-from taskpool.models import WebhookDelivery
+from taskpool.domain import names
+from taskpool.domain.batch import WebhookDelivery
 
 EVENT_HEADER = "X-Taskpool-Event"
 DELIVERY_HEADER = "X-Taskpool-Delivery"

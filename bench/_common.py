@@ -20,12 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# Imported after the path set-up above, which is what makes `taskpool` importable from a script.
-from taskpool.devserver import (  # noqa: E402
+from taskpool.devtools.devserver import (
     DURABLE_SQLITE_PRAGMAS,
     THROUGHPUT_DYNAMIC_CONFIG,
     DevServer,
@@ -34,6 +29,7 @@ from taskpool.devserver import (  # noqa: E402
     free_port,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -56,21 +56,15 @@ from throughput import (
     workflow_task_problems,
 )
 
-from taskpool import names
-from taskpool.batches import batch_status, prepare_batch, register_definitions, task_page
-from taskpool.models import (
-    AgentSettings,
-    BatchOptions,
-    BatchResult,
-    BatchRun,
-    BatchStatus,
-    TaskSpec,
-)
-from taskpool.packing import pack, unpack
-from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
-from taskpool.scripted import ScriptedModelServer
-from taskpool.store import opened_store
-from taskpool.temporal import connect
+from taskpool.client.batches import batch_status, prepare_batch, register_definitions, task_page
+from taskpool.domain import names
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchResult, BatchRun, BatchStatus
+from taskpool.domain.packing import pack, unpack
+from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+from taskpool.domain.tasks import TaskSpec
+from taskpool.infra.store import opened_store
+from taskpool.infra.temporal_connection import connect
+from taskpool.testing.scripted import ScriptedModelServer
 
 DEADLOCK_LIMIT_S = 2.0
 TIMED_REBUILDS = 5

@@ -83,20 +83,14 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from taskpool import names
-from taskpool.batches import BatchTooLargeError, batch_status, start_batch
-from taskpool.models import (
-    AgentSettings,
-    BatchOptions,
-    BatchResult,
-    BatchRun,
-    ModelCalls,
-    TaskSpec,
-)
-from taskpool.packing import pack
-from taskpool.scripted import ScriptedModelServer
-from taskpool.task_columns import TaskEntry
-from taskpool.temporal import connect
+from taskpool.client.batches import BatchTooLargeError, batch_status, start_batch
+from taskpool.domain import names
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchResult, BatchRun, ModelCalls
+from taskpool.domain.packing import pack
+from taskpool.domain.task_columns import TaskEntry
+from taskpool.domain.tasks import TaskSpec
+from taskpool.infra.temporal_connection import connect
+from taskpool.testing.scripted import ScriptedModelServer
 
 MODEL = "scripted-model"
 MB = 1024 * 1024

@@ -19,15 +19,11 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from temporalio.client import Client, WorkflowExecution
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from temporalio.client import Client, WorkflowExecution  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
-
-from taskpool import names  # noqa: E402
-from taskpool.batches import (  # noqa: E402
+from taskpool.client.batches import (
     batch_handle,
     batch_status,
     iter_tasks,
@@ -37,21 +33,18 @@ from taskpool.batches import (  # noqa: E402
     review_tasks,
     start_batch,
 )
-from taskpool.devserver import find_temporal_cli  # noqa: E402
-from taskpool.models import (  # noqa: E402
-    AgentSettings,
-    BatchOptions,
-    TaskQuery,
-    TaskSpec,
-    TaskStatus,
-    TaskView,
-)
-from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec  # noqa: E402
-from taskpool.settings import Settings  # noqa: E402
-from taskpool.store import opened_store  # noqa: E402
-from taskpool.temporal import ensure_search_attributes  # noqa: E402
-from worker import build_openai_client, build_worker  # noqa: E402
+from taskpool.devtools.devserver import find_temporal_cli
+from taskpool.domain import names
+from taskpool.domain.batch import AgentSettings, BatchOptions, TaskView
+from taskpool.domain.requests import TaskQuery
+from taskpool.domain.tasks import TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import opened_store
+from taskpool.infra.temporal_connection import ensure_search_attributes
+from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
+from worker import build_openai_client, build_worker
 
+ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "histories"
 # One batch for each way of running model turns, and one whose results wait for review.
 RECORDED_BATCHES = {

@@ -3,7 +3,7 @@ model that reads the emulated instructions."""
 
 from __future__ import annotations
 
-from taskpool.models import ToolSpec
+from taskpool.domain.turns import ToolSpec
 
 AGENT_TOOLS = [
     ToolSpec(

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from taskpool.lifetimes import Startable
+from taskpool.devtools.processes import Startable
 
 # The machine may have no internet: every Chromium feature that phones home must stay off, or
 # page loads wait on it.

@@ -23,12 +23,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status, start_batch
-from taskpool.models import BatchOptions, BatchResult, TaskSpec
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore, opened_store
-from taskpool.temporal import ensure_search_attributes
+from taskpool.client.batches import batch_status, start_batch
+from taskpool.domain.batch import BatchOptions, BatchResult
+from taskpool.domain.tasks import TaskSpec
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore, opened_store
+from taskpool.infra.temporal_connection import ensure_search_attributes
+from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from worker import build_openai_client, build_worker
 
 T = TypeVar("T")

@@ -11,24 +11,17 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.lifecycle import LifecycleActivities
 from activities.llm import LlmActivities
-from taskpool import names
-from taskpool.batches import batch_status
-from taskpool.models import (
-    BatchState,
-    ChatTurnRequest,
-    ChatTurnResult,
-    EventType,
-    RegisterTasksRequest,
-    TaskOutcome,
-    TaskRunInput,
-    TaskSpec,
-    TaskStatus,
-)
-from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from activities.store_writes import LifecycleActivities
+from taskpool.client.batches import batch_status
+from taskpool.domain import names
+from taskpool.domain.batch import BatchState, TaskOutcome, TaskRunInput
+from taskpool.domain.records import RegisterTasksRequest
+from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
+from taskpool.domain.turns import ChatTurnRequest, ChatTurnResult
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from tests.conftest import start_test_batch
 from worker import build_openai_client
 from workflows.task import TaskWorkflow

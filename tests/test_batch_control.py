@@ -12,8 +12,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
-from taskpool import names
-from taskpool.batches import (
+from taskpool.client.batches import (
     UPDATE_GROUP_BYTES,
     add_tasks,
     batch_status,
@@ -21,19 +20,13 @@ from taskpool.batches import (
     pause_batch,
     resume_batch,
 )
-from taskpool.models import (
-    AddTasksRequest,
-    BatchOptions,
-    BatchState,
-    EventType,
-    TaskPage,
-    TaskSpec,
-    TasksQuery,
-    TaskStatus,
-)
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.domain import names
+from taskpool.domain.batch import BatchOptions, BatchState, TaskPage
+from taskpool.domain.requests import AddTasksRequest, TasksQuery
+from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import (
     eventually,
     start_test_batch,
@@ -91,7 +84,7 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
     scripted: ScriptedModelServer,
     batch_id: str,
 ) -> None:
-    from taskpool.scripted import Reply, ToolCallSpec
+    from taskpool.testing.scripted import Reply, ToolCallSpec
 
     scripted.latency = 0.5
     # The first turn only starts the task; the second would complete it.

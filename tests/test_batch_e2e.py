@@ -5,11 +5,12 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status, pause_batch, resume_batch
-from taskpool.models import BatchOptions, BatchState, TaskSpec, TaskStatus
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client.batches import batch_status, pause_batch, resume_batch
+from taskpool.domain.batch import BatchOptions, BatchState
+from taskpool.domain.tasks import TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from tests.conftest import result_in_time, running_worker, start_test_batch
 
 

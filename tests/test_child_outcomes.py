@@ -10,11 +10,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from taskpool import names
-from taskpool.batches import batch_status
-from taskpool.models import BatchOptions, BatchState, TaskQuery, TaskStatus, TaskView
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
+from taskpool.client.batches import batch_status
+from taskpool.domain import names
+from taskpool.domain.batch import BatchOptions, BatchState, TaskView
+from taskpool.domain.requests import TaskQuery
+from taskpool.domain.tasks import TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import eventually, start_test_batch
 from tests.test_batch_e2e import documents
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+from taskpool.infra.store.postgres import PostgresTaskStore
 
-from taskpool.store import open_store
-from taskpool.store.postgres import PostgresTaskStore
+from taskpool.infra.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

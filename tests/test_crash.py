@@ -9,22 +9,15 @@ from collections import Counter
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
-from taskpool import names
-from taskpool.batches import batch_status, pause_batch, resume_batch
-from taskpool.models import (
-    AgentSettings,
-    BatchOptions,
-    BatchResult,
-    BatchState,
-    EventType,
-    TaskPage,
-    TaskRecord,
-    TasksQuery,
-    TaskStatus,
-)
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client.batches import batch_status, pause_batch, resume_batch
+from taskpool.domain import names
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchResult, BatchState, TaskPage
+from taskpool.domain.records import TaskRecord
+from taskpool.domain.requests import TasksQuery
+from taskpool.domain.tasks import EventType, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import SpawnWorker, eventually, start_test_batch, wait_until_completed
 from tests.test_batch_e2e import documents
 

@@ -9,22 +9,15 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool import agents, names
-from taskpool.batches import batch_run
-from taskpool.models import (
-    BatchResult,
-    BatchState,
-    Priority,
-    TaskOutcome,
-    TaskQuery,
-    TaskSpec,
-    TaskStatus,
-    TaskView,
-)
-from taskpool.models import EventType as StoreEventType
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client.batches import batch_run
+from taskpool.domain import agents, names
+from taskpool.domain.batch import BatchResult, BatchState, TaskOutcome, TaskView
+from taskpool.domain.requests import TaskQuery
+from taskpool.domain.tasks import EventType as StoreEventType
+from taskpool.domain.tasks import Priority, TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from tests.conftest import result_in_time, running_worker, start_test_batch
 
 # Long enough that carrying it anywhere in a payload would show in the payload's size.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from temporalio.client import WorkflowExecutionStatus
 
-from taskpool.devserver import DevServer, DevServerOptions, free_port
-from taskpool.models import TaskRecord
-from taskpool.store import opened_store
-from taskpool.temporal import connect
+from taskpool.devtools.devserver import DevServer, DevServerOptions, free_port
+from taskpool.domain.records import TaskRecord
+from taskpool.infra.store import opened_store
+from taskpool.infra.temporal_connection import connect
 from tests.conftest import ROOT, eventually
 
 

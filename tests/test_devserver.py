@@ -19,7 +19,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from taskpool.devserver import (
+from taskpool.devtools.devserver import (
     DURABLE_SQLITE_PRAGMAS,
     THROUGHPUT_DYNAMIC_CONFIG,
     DevServer,
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Starts a server, reports its pid, then waits to be killed without a chance to clean up.
 SERVER_OWNER = """
 import asyncio
-from taskpool.devserver import DevServer, DevServerOptions
+from taskpool.devtools.devserver import DevServer, DevServerOptions
 
 async def main():
     server = DevServer(DevServerOptions(ui=False))

@@ -9,12 +9,13 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool import names
-from taskpool.batches import batch_status
-from taskpool.models import BatchOptions, TaskSpec, TaskStatus, TokenUsage
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client.batches import batch_status
+from taskpool.domain import names
+from taskpool.domain.batch import BatchOptions
+from taskpool.domain.tasks import TaskSpec, TaskStatus, TokenUsage
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import start_test_batch
 
 

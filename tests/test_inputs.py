@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from taskpool.inputs import MAX_REPORTED, InputError, InputProblem, load_tasks
-from taskpool.models import Priority
+from taskpool.client.inputs import MAX_REPORTED, InputError, InputProblem, load_tasks
+from taskpool.domain.tasks import Priority
 
 
 def write(directory: Path, name: str, text: str) -> Path:

@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from taskpool.lifecycle import IllegalTransitionError, can_transition, transition
-from taskpool.models import TaskStatus as S
+from taskpool.domain.tasks import TaskStatus as S
+from taskpool.domain.transitions import IllegalTransitionError, can_transition, transition
 
 LEGAL = {
     (S.PENDING, S.QUEUED),

@@ -10,26 +10,18 @@ from typing import Any
 
 import openai
 import pytest
+from taskpool.infra.store.sqlite import SqliteTaskStore
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities, retry_after
-from taskpool import agents
-from taskpool.models import (
-    ChatTurnRequest,
-    DefinitionRef,
-    EventType,
-    RegisterTasksRequest,
-    TaskEvent,
-    TaskRecordUpdate,
-    TaskSpec,
-    TaskStatus,
-    TurnLifecycle,
-)
-from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store.sqlite import SqliteTaskStore
-from taskpool.task_ledger import TaskLedger
+from taskpool.domain import agents
+from taskpool.domain.ledger import TaskLedger
+from taskpool.domain.records import RegisterTasksRequest, TaskRecordUpdate
+from taskpool.domain.tasks import EventType, TaskEvent, TaskSpec, TaskStatus
+from taskpool.domain.turns import ChatTurnRequest, DefinitionRef, TurnLifecycle
+from taskpool.infra.settings import Settings
+from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from worker import build_openai_client
 
 

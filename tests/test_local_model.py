@@ -24,14 +24,14 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from taskpool.local_model import (
+from taskpool.devtools.local_model import (
     INSTALL_HINT,
     LocalModel,
     LocalModelError,
     ServerSettings,
     find_smollm2_gguf,
 )
-from taskpool.tool_emulation import (
+from taskpool.infra.tool_emulation import (
     emulation_instructions,
     parse_emulated_reply,
     response_format_for,
@@ -168,7 +168,7 @@ async def test_smollm2_completes_a_task_through_emulated_tools() -> None:
 async def test_the_server_goes_away_when_its_owner_is_killed() -> None:
     owner_code = (
         "import asyncio, json\n"
-        "from taskpool.local_model import LocalModel\n"
+        "from taskpool.devtools.local_model import LocalModel\n"
         "async def main():\n"
         "    model = LocalModel()\n"
         "    await model.start()\n"

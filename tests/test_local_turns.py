@@ -13,21 +13,14 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool import names
-from taskpool.batches import batch_status, cancel_batch, pause_batch, resume_batch
-from taskpool.models import (
-    AgentSettings,
-    BatchOptions,
-    BatchRun,
-    BatchState,
-    EventType,
-    TaskSpec,
-    TaskStatus,
-)
-from taskpool.policies import task_workflow_task_timeout
-from taskpool.scripted import Fault, ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client.batches import batch_status, cancel_batch, pause_batch, resume_batch
+from taskpool.domain import names
+from taskpool.domain.activity_options import task_workflow_task_timeout
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchRun, BatchState
+from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import Fault, ScriptedModelServer
 from tests.conftest import (
     SpawnWorker,
     eventually,

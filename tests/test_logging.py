@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from taskpool.logging_setup import configure_logging
+from taskpool.infra.log_config import configure_logging
 
 
 def test_structlog_and_stdlib_records_share_the_json_pipeline(tmp_path: Path) -> None:

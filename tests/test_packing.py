@@ -18,11 +18,12 @@ import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from taskpool.batches import MAX_START_BYTES, BatchTooLargeError, batch_run
-from taskpool.models import BatchRun, PackedTasks, Priority, TaskError, TaskSpec, TaskStatus
-from taskpool.packing import DETAILS_IN_STORE, PackingError, pack, unpack
-from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
-from taskpool.task_columns import TaskEntry
+from taskpool.client.batches import MAX_START_BYTES, BatchTooLargeError, batch_run
+from taskpool.domain.batch import BatchRun, PackedTasks
+from taskpool.domain.packing import DETAILS_IN_STORE, PackingError, pack, unpack
+from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+from taskpool.domain.task_columns import TaskEntry
+from taskpool.domain.tasks import Priority, TaskError, TaskSpec, TaskStatus
 
 S = TaskStatus
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)

@@ -21,9 +21,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.llm import LlmActivities
-from taskpool import agents
-from taskpool.models import ChatTurnRequest, TaskSpec
-from taskpool.ratelimit import (
+from taskpool.domain import agents
+from taskpool.domain.tasks import TaskSpec
+from taskpool.domain.turns import ChatTurnRequest
+from taskpool.infra.ratelimit import (
     MEMORY,
     WINDOW_SECONDS,
     InMemoryTokenBudget,
@@ -34,9 +35,9 @@ from taskpool.ratelimit import (
     open_token_budget,
     task_queue_rate,
 )
-from taskpool.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
 from tests.conftest import ROOT, eventually
 from worker import build_worker
 
@@ -224,7 +225,7 @@ async def test_a_reservation_in_another_process_counts(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     script = (
         "import asyncio, sys\n"
-        "from taskpool.ratelimit import SqliteTokenBudget\n"
+        "from taskpool.infra.ratelimit import SqliteTokenBudget\n"
         "async def main():\n"
         "    budget = SqliteTokenBudget(sys.argv[1], 1000)\n"
         "    taken = await budget.reserve('m', 800)\n"

@@ -16,17 +16,12 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowUpdateStage
 from temporalio.worker import Worker
 
-from taskpool import names
-from taskpool.batches import batch_status
-from taskpool.models import (
-    BatchState,
-    BatchStatus,
-    RetryTasksRequest,
-    TaskQuery,
-    TaskView,
-)
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
+from taskpool.client.batches import batch_status
+from taskpool.domain import names
+from taskpool.domain.batch import BatchState, BatchStatus, TaskView
+from taskpool.domain.requests import RetryTasksRequest, TaskQuery
+from taskpool.infra.settings import Settings
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import batch_with_a_failed_task
 
 if TYPE_CHECKING:

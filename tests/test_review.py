@@ -10,12 +10,13 @@ import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
-from taskpool import batches
-from taskpool.batches import batch_status
-from taskpool.models import AgentSettings, BatchOptions, BatchState, EventType, TaskStatus
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
+from taskpool.client import batches
+from taskpool.client.batches import batch_status
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState
+from taskpool.domain.tasks import EventType, TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import eventually, start_test_batch, worker_environment
 from tests.test_batch_e2e import documents
 from tests.test_starter import starter, write_jsonl

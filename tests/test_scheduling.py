@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taskpool.models import Priority, TaskOutcome, TaskSpec, TaskStatus
-from taskpool.packing import pack, unpack
-from taskpool.scheduling import TaskTable
-from taskpool.task_columns import TaskColumns, TaskEntry
+from taskpool.domain.batch import TaskOutcome
+from taskpool.domain.packing import pack, unpack
+from taskpool.domain.scheduling import TaskTable
+from taskpool.domain.task_columns import TaskColumns, TaskEntry
+from taskpool.domain.tasks import Priority, TaskSpec, TaskStatus
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from taskpool.scripted import (
+from taskpool.testing.scripted import (
     Fault,
     Reply,
     ScriptedModelServer,
@@ -342,7 +342,7 @@ async def test_runs_as_a_subprocess_until_sigterm(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "taskpool.scripted_server",
+        "taskpool.testing.scripted",
         "--port",
         "0",
         "--latency",

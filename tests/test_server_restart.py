@@ -12,25 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from taskpool.batches import (
+from taskpool.client.batches import (
     batch_handle,
     batch_status,
     pause_batch,
     resume_batch,
     start_batch,
 )
-from taskpool.devserver import (
+from taskpool.devtools.devserver import (
     DURABLE_SQLITE_PRAGMAS,
     THROUGHPUT_DYNAMIC_CONFIG,
     DevServer,
     DevServerOptions,
     free_port,
 )
-from taskpool.models import AgentSettings, BatchOptions, BatchState, ModelCalls
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.store import TaskStore
-from taskpool.temporal import connect, ensure_search_attributes
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, ModelCalls
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore
+from taskpool.infra.temporal_connection import connect, ensure_search_attributes
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import WorkerProcess, eventually, worker_environment
 from tests.test_batch_e2e import documents
 from tests.test_crash import assert_each_completed_once

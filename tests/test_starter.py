@@ -22,7 +22,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_handle, batch_status
 from taskpool.cli.app import run as run_command
 from taskpool.cli.commands import (
     WRITE_PROGRESS_FROM,
@@ -34,22 +33,19 @@ from taskpool.cli.commands import (
 )
 from taskpool.cli.render import duration, live_frame
 from taskpool.cli.snapshot import RateMeter, RunningTask, Snapshot, pace
-from taskpool.models import (
-    BatchOptions,
-    BatchResult,
-    BatchState,
-    BatchStatus,
+from taskpool.client.batches import batch_handle, batch_status
+from taskpool.domain.batch import BatchOptions, BatchResult, BatchState, BatchStatus, TaskView
+from taskpool.domain.tasks import (
     Priority,
     TaskError,
     TaskProgress,
     TaskSpec,
     TaskStatus,
-    TaskView,
     TokenUsage,
 )
-from taskpool.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from taskpool.settings import Settings
-from taskpool.store import TaskStore, opened_store
+from taskpool.infra.settings import Settings
+from taskpool.infra.store import TaskStore, opened_store
+from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
 from tests.conftest import (
     ROOT,
     eventually,

@@ -24,22 +24,21 @@ from unittest import mock
 import psycopg
 import pytest
 from psycopg import sql
+from taskpool.infra.store.common import SCHEMA_VERSION, StoreSchemaError, UnknownTaskError
+from taskpool.infra.store.postgres import PostgresTaskStore
+from taskpool.infra.store.sqlite import SqliteTaskStore
 
-from taskpool.models import (
+from taskpool.domain.records import RegisterTasksRequest, TaskRecordUpdate
+from taskpool.domain.tasks import (
     EventType,
-    RegisterTasksRequest,
     TaskError,
     TaskEvent,
     TaskProgress,
-    TaskRecordUpdate,
     TaskSpec,
     TaskStatus,
     TokenUsage,
 )
-from taskpool.store import TaskStore, open_store
-from taskpool.store.common import SCHEMA_VERSION, StoreSchemaError, UnknownTaskError
-from taskpool.store.postgres import PostgresTaskStore
-from taskpool.store.sqlite import SqliteTaskStore
+from taskpool.infra.store import TaskStore, open_store
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer
@@ -862,8 +861,8 @@ async def test_another_process_writes_while_this_one_reads(backend: Backend) -> 
         script = textwrap.dedent(
             f"""
             import asyncio
-            from taskpool.models import TaskRecordUpdate
-            from taskpool.store import open_store
+            from taskpool.domain.records import TaskRecordUpdate
+            from taskpool.infra.store import open_store
 
             async def main():
                 store = open_store({backend.url!r})

@@ -9,10 +9,10 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from taskpool.batches import batch_status
-from taskpool.models import BatchOptions, BatchState
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
+from taskpool.client.batches import batch_status
+from taskpool.domain.batch import BatchOptions, BatchState
+from taskpool.infra.settings import Settings
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import (
     batch_with_a_failed_task,
     eventually,

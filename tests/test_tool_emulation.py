@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from taskpool.models import ChatMessage, ToolCall, ToolSpec
-from taskpool.tool_emulation import (
+from taskpool.domain.turns import ChatMessage, ToolCall, ToolSpec
+from taskpool.infra.tool_emulation import (
     DEFAULT_MAX_CALLS,
     emulated_messages,
     emulation_instructions,

@@ -14,12 +14,13 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from taskpool.batches import batch_status, pause_batch, resume_batch
-from taskpool.devserver import DevServer, DevServerOptions
-from taskpool.models import BatchOptions, BatchState, BatchStatus, TaskStatus
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings
-from taskpool.temporal import ensure_search_attributes
+from taskpool.client.batches import batch_status, pause_batch, resume_batch
+from taskpool.devtools.devserver import DevServer, DevServerOptions
+from taskpool.domain.batch import BatchOptions, BatchState, BatchStatus
+from taskpool.domain.tasks import TaskStatus
+from taskpool.infra.settings import Settings
+from taskpool.infra.temporal_connection import ensure_search_attributes
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.browser import Browser, find_chromium
 from tests.conftest import ROOT, eventually, running_worker, start_test_batch
 from tests.test_batch_e2e import documents

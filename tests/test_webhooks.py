@@ -26,17 +26,12 @@ from activities.webhooks import (
     signature,
     verify_signature,
 )
-from taskpool import batches
-from taskpool.batches import batch_status
-from taskpool.models import (
-    AgentSettings,
-    BatchOptions,
-    BatchState,
-    TaskSpec,
-    WebhookDelivery,
-)
-from taskpool.scripted import ScriptedModelServer
-from taskpool.settings import Settings, SettingsError
+from taskpool.client import batches
+from taskpool.client.batches import batch_status
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, WebhookDelivery
+from taskpool.domain.tasks import TaskSpec
+from taskpool.infra.settings import Settings, SettingsError
+from taskpool.testing.scripted import ScriptedModelServer
 from tests.conftest import (
     eventually,
     result_in_time,

@@ -11,8 +11,9 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from taskpool.models import BatchOptions, TaskSpec
-from taskpool.settings import Settings, SettingsError
+from taskpool.domain.batch import BatchOptions
+from taskpool.domain.tasks import TaskSpec
+from taskpool.infra.settings import Settings, SettingsError
 from tests.conftest import running_worker, start_test_batch
 from tests.sandbox_probe import ReadsTheClock
 

@@ -34,45 +34,41 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from taskpool import agents, names
-    from taskpool.details import batch_details
-    from taskpool.lifecycle import can_transition
-    from taskpool.models import (
-        AddTasksRequest,
+    from taskpool.domain import agents, names
+    from taskpool.domain.activity_options import STORE_WRITE_OPTIONS, task_workflow_task_timeout
+    from taskpool.domain.batch import (
         BatchResult,
         BatchRun,
         BatchState,
         BatchStatus,
-        CancelRequest,
-        CancelTasksRequest,
         ChildControl,
-        EventType,
-        PauseRequest,
-        RecordTasksRequest,
-        RegisterTasksRequest,
-        ResumeRequest,
-        RetryTasksRequest,
-        ReviewTasksRequest,
-        SetConcurrencyRequest,
-        TaskError,
-        TaskEvent,
         TaskOutcome,
         TaskPage,
-        TaskQuery,
-        TaskRecordUpdate,
         TaskRef,
         TaskRunInput,
-        TaskSpec,
-        TasksQuery,
-        TaskStatus,
         TaskView,
         WebhookDelivery,
         WebhookEvent,
     )
-    from taskpool.packing import pack, unpack
-    from taskpool.policies import STORE_WRITE_OPTIONS, task_workflow_task_timeout
-    from taskpool.scheduling import MAX_TASKS_PER_BATCH, TaskTable
-    from taskpool.task_columns import TaskRow
+    from taskpool.domain.batch_details import batch_details
+    from taskpool.domain.packing import pack, unpack
+    from taskpool.domain.records import RecordTasksRequest, RegisterTasksRequest, TaskRecordUpdate
+    from taskpool.domain.requests import (
+        AddTasksRequest,
+        CancelRequest,
+        CancelTasksRequest,
+        PauseRequest,
+        ResumeRequest,
+        RetryTasksRequest,
+        ReviewTasksRequest,
+        SetConcurrencyRequest,
+        TaskQuery,
+        TasksQuery,
+    )
+    from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+    from taskpool.domain.task_columns import TaskRow
+    from taskpool.domain.tasks import EventType, TaskError, TaskEvent, TaskSpec, TaskStatus
+    from taskpool.domain.transitions import can_transition
 
 # A workflow task is all-or-nothing and the server refuses one with too many pending commands, so
 # child starts, child signals and store writes go out in groups of this size.

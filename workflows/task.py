@@ -28,28 +28,23 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from taskpool import agents, names
-    from taskpool.models import (
-        ChatMessage,
-        ChatTurnRequest,
-        ChatTurnResult,
-        ChildControl,
-        DefinitionRef,
-        EventType,
-        RecordTasksRequest,
-        TaskOutcome,
-        TaskProgress,
-        TaskRef,
-        TaskRunInput,
-        TaskStatus,
-        TurnLifecycle,
-    )
-    from taskpool.policies import (
+    from taskpool.domain import agents, names
+    from taskpool.domain.activity_options import (
         STORE_WRITE_OPTIONS,
         llm_activity_options,
         llm_local_activity_options,
     )
-    from taskpool.task_ledger import TaskLedger, turn_event_prefix
+    from taskpool.domain.batch import ChildControl, TaskOutcome, TaskRef, TaskRunInput
+    from taskpool.domain.ledger import TaskLedger, turn_event_prefix
+    from taskpool.domain.records import RecordTasksRequest
+    from taskpool.domain.tasks import EventType, TaskProgress, TaskStatus
+    from taskpool.domain.turns import (
+        ChatMessage,
+        ChatTurnRequest,
+        ChatTurnResult,
+        DefinitionRef,
+        TurnLifecycle,
+    )
 
 
 @workflow.defn(name=names.TASK_WORKFLOW)

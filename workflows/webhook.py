@@ -10,9 +10,9 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from taskpool import names
-    from taskpool.models import WebhookDelivery
-    from taskpool.policies import WEBHOOK_DELIVERY_OPTIONS
+    from taskpool.domain import names
+    from taskpool.domain.activity_options import WEBHOOK_DELIVERY_OPTIONS
+    from taskpool.domain.batch import WebhookDelivery
 
 
 @workflow.defn(name=names.WEBHOOK_WORKFLOW)

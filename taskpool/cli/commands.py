@@ -30,7 +30,6 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from taskpool import agents, batches
 from taskpool.cli import render
 from taskpool.cli.errors import (
     FAILED,
@@ -48,29 +47,24 @@ from taskpool.cli.errors import (
     signal_problem,
     update_problem,
 )
-from taskpool.cli.export import result_row, task_row, write_jsonl
 from taskpool.cli.watch import JsonLinesView, LiveView, PlainLinesView, SilentView, View, follow
-from taskpool.inputs import InputError, load_tasks
-from taskpool.models import (
-    FEEDBACK_LIMIT,
+from taskpool.client import batches
+from taskpool.client.export import result_row, task_row, write_jsonl
+from taskpool.client.inputs import InputError, load_tasks
+from taskpool.domain import agents
+from taskpool.domain.batch import (
     AgentSettings,
     BatchOptions,
     BatchResult,
     BatchState,
     BatchStatus,
-    EventType,
-    Priority,
-    ReviewDecision,
-    TaskEvent,
-    TaskInput,
-    TaskRecord,
-    TaskRecordUpdate,
-    TaskSpec,
-    TaskStatus,
     TaskView,
 )
-from taskpool.settings import Settings, SettingsError
-from taskpool.store import (
+from taskpool.domain.records import TaskRecord, TaskRecordUpdate
+from taskpool.domain.requests import FEEDBACK_LIMIT, ReviewDecision
+from taskpool.domain.tasks import EventType, Priority, TaskEvent, TaskInput, TaskSpec, TaskStatus
+from taskpool.infra.settings import Settings, SettingsError
+from taskpool.infra.store import (
     TaskStore,
     display_url,
     is_postgres,
@@ -78,7 +72,7 @@ from taskpool.store import (
     sqlite_path,
     store_errors,
 )
-from taskpool.store.common import UnknownTaskError
+from taskpool.infra.store.common import UnknownTaskError
 
 FAILURES_SHOWN = 10
 # Wide enough for a results table when the output is a file or a pipe, not a terminal.

@@ -6,13 +6,14 @@ import argparse
 import uuid
 from pathlib import Path
 
-from taskpool.batches import start_batch
 from taskpool.cli import render
 from taskpool.cli.commands import Context, _follow_and_report, _load, _progress_view
 from taskpool.cli.errors import OK, find_batch
-from taskpool.demo import SAMPLE_BATCH, embedded_environment
-from taskpool.models import BatchOptions, TaskStatus
-from taskpool.store import opened_store
+from taskpool.client.batches import start_batch
+from taskpool.devtools.demo import SAMPLE_BATCH, embedded_environment
+from taskpool.domain.batch import BatchOptions
+from taskpool.domain.tasks import TaskStatus
+from taskpool.infra.store import opened_store
 
 
 async def demo(ctx: Context, args: argparse.Namespace) -> int:

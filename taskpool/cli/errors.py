@@ -22,8 +22,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from taskpool import names
-from taskpool.temporal import address_of, connect, status_text
+from taskpool.domain import names
+from taskpool.infra.temporal_connection import address_of, connect, status_text
 
 OK = 0
 # The operation failed, or the batch ended with failed or cancelled tasks.

@@ -8,7 +8,8 @@ from enum import StrEnum
 from typing import TypeVar
 
 from taskpool.cli.demo import add_demo_parser
-from taskpool.models import BatchState, Priority, TaskStatus
+from taskpool.domain.batch import BatchState
+from taskpool.domain.tasks import Priority, TaskStatus
 
 E = TypeVar("E", bound=StrEnum)
 

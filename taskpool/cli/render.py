@@ -17,18 +17,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from taskpool.batches import BatchListing
 from taskpool.cli.snapshot import Snapshot, finished_count
-from taskpool.models import (
-    BatchResult,
-    BatchState,
-    BatchStatus,
-    TaskEvent,
-    TaskRecord,
-    TaskStatus,
-    TaskView,
-    TokenUsage,
-)
+from taskpool.client.batches import BatchListing
+from taskpool.domain.batch import BatchResult, BatchState, BatchStatus, TaskView
+from taskpool.domain.records import TaskRecord
+from taskpool.domain.tasks import TaskEvent, TaskStatus, TokenUsage
 
 # Lifecycle order: where tasks are going first, where they ended last.
 STATE_ORDER: tuple[TaskStatus, ...] = (

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client
 
-from taskpool.batches import query_status, task_page, task_progress
 from taskpool.cli.errors import QUERY_ERRORS, BatchInfo, query_problem
-from taskpool.models import BatchState, BatchStatus, TaskProgress, TaskStatus, TaskView
+from taskpool.client.batches import query_status, task_page, task_progress
+from taskpool.domain.batch import BatchState, BatchStatus, TaskView
+from taskpool.domain.tasks import TaskProgress, TaskStatus
 
 RUNNING_SHOWN = 10
 # Each running task is asked for its own progress; a slow answer just leaves its step blank.

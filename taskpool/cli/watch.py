@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.live import Live
 from temporalio.client import Client
 
-from taskpool.batches import batch_handle
 from taskpool.cli import render
 from taskpool.cli.errors import BatchInfo
 from taskpool.cli.snapshot import RateMeter, Snapshot, take_snapshot
-from taskpool.models import BatchResult
+from taskpool.client.batches import batch_handle
+from taskpool.domain.batch import BatchResult
 
 # --- views ----------------------------------------------------------------------------------------
 
