@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, JsonValue
 
 from taskpool.domain.base import LenientModel, StrictModel
+from taskpool.domain.records import TaskRecordUpdate
 from taskpool.domain.tasks import Priority, TaskError, TaskStatus, TokenUsage
 
 
@@ -136,6 +137,9 @@ class TaskOutcome(StrictModel):
     llm_calls: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # The attempt's last store write, which the batch queues with its own writes: a finished
+    # task costs its workflow no write of its own (docs/design.md, "One way per turn").
+    record: TaskRecordUpdate | None = None
 
 
 class TaskView(StrictModel):
