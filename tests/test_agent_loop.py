@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -22,7 +22,7 @@ from taskpool.domain.turns import ChatTurnRequest, ChatTurnResult
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
-from tests.conftest import start_test_batch
+from tests.support import marker_names, start_test_batch
 from worker import build_openai_client
 from workflows.task import TaskWorkflow
 
@@ -55,15 +55,6 @@ async def register_one(store: TaskStore, batch_id: str, task_id: str) -> None:
             at=datetime.now(UTC),
         )
     )
-
-
-def marker_names(history: WorkflowHistory) -> list[str]:
-    """Which markers a history holds: a local activity leaves `core_local_activity`."""
-    return [
-        e.marker_recorded_event_attributes.marker_name
-        for e in history.events
-        if e.HasField("marker_recorded_event_attributes")
-    ]
 
 
 async def test_every_task_leaves_its_lifecycle_in_the_store(

@@ -27,13 +27,13 @@ from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import (
+from tests.support import (
+    documents,
     eventually,
     start_test_batch,
     wait_until_child_cancelled,
     wait_until_completed,
 )
-from tests.test_batch_e2e import documents
 from workflows.batch import CANCEL_GROUP
 
 

@@ -11,14 +11,7 @@ from taskpool.domain.tasks import TaskSpec, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from tests.conftest import result_in_time, running_worker, start_test_batch
-
-
-def documents(n: int) -> list[TaskSpec]:
-    return [
-        TaskSpec(id=f"doc-{i}", input=f"Document number {i} talks about topic {i % 7} at length.")
-        for i in range(n)
-    ]
+from tests.support import documents, result_in_time, running_worker, start_test_batch
 
 
 async def test_batch_completes_within_the_concurrency_limit(

@@ -17,8 +17,7 @@ from taskpool.domain.requests import TaskQuery
 from taskpool.domain.tasks import TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import eventually, start_test_batch
-from tests.test_batch_e2e import documents
+from tests.support import documents, eventually, start_test_batch
 
 
 async def test_a_terminated_task_workflow_fails_its_task_and_the_batch_goes_on(

@@ -11,15 +11,21 @@ from temporalio.client import Client
 
 from taskpool.client.batches import batch_status, pause_batch, resume_batch
 from taskpool.domain import names
-from taskpool.domain.batch import AgentSettings, BatchOptions, BatchResult, BatchState, TaskPage
-from taskpool.domain.records import TaskRecord
+from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, TaskPage
 from taskpool.domain.requests import TasksQuery
-from taskpool.domain.tasks import EventType, TaskStatus
+from taskpool.domain.tasks import TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import SpawnWorker, eventually, start_test_batch, wait_until_completed
-from tests.test_batch_e2e import documents
+from tests.support import (
+    SpawnWorker,
+    assert_each_completed_once,
+    documents,
+    eventually,
+    kill_a_worker_mid_batch,
+    start_test_batch,
+    wait_until_completed,
+)
 
 # Short heartbeats, so the turns the dead worker held are retried within seconds.
 FAST_RECOVERY = BatchOptions(concurrency=4, agent=AgentSettings(llm_heartbeat_seconds=2))
@@ -32,45 +38,6 @@ async def chat_turn_attempts(client: Client, workflow_id: str) -> list[int]:
         if event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attempts.append(event.activity_task_started_event_attributes.attempt)
     return attempts
-
-
-async def kill_a_worker_mid_batch(
-    client: Client,
-    settings: Settings,
-    scripted: ScriptedModelServer,
-    spawn_worker: SpawnWorker,
-    batch_id: str,
-    options: BatchOptions,
-    tasks: int,
-) -> BatchResult:
-    """Run a batch on a worker process, SIGKILL it while model calls are in flight, and let a
-    new worker finish the batch."""
-    scripted.latency = 0.5
-    first = spawn_worker()
-    handle = await start_test_batch(client, settings, batch_id, documents(tasks), options)
-
-    async def some_done_and_calls_in_flight() -> None:
-        status = await batch_status(client, batch_id)
-        assert status.counts["completed"] >= 5
-        assert scripted.in_flight >= 1
-
-    await eventually(some_done_and_calls_in_flight)
-    first.kill()
-    spawn_worker()
-    return await asyncio.wait_for(handle.result(), timeout=120)
-
-
-async def assert_each_completed_once(
-    store: TaskStore, scripted: ScriptedModelServer, batch_id: str, tasks: int
-) -> list[TaskRecord]:
-    records = await store.list_tasks(batch_id, with_events=True)
-    assert len(records) == tasks
-    for record in records:
-        assert record.status is TaskStatus.COMPLETED
-        assert [e.type for e in record.events].count(EventType.COMPLETED) == 1
-        # The stored result is the one the model sent last for this task.
-        assert record.result == scripted.completions[f"{batch_id}/{record.task_id}"][-1]
-    return records
 
 
 async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(

@@ -18,7 +18,7 @@ from taskpool.domain.tasks import Priority, TaskSpec, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from tests.conftest import result_in_time, running_worker, start_test_batch
+from tests.support import result_in_time, running_worker, start_test_batch
 
 # Long enough that carrying it anywhere in a payload would show in the payload's size.
 INPUT_CHARS = 20_000

@@ -17,7 +17,7 @@ from taskpool.devtools.devserver import DevServer, DevServerOptions, free_port
 from taskpool.domain.records import TaskRecord
 from taskpool.infra.store import opened_store
 from taskpool.infra.temporal_connection import connect
-from tests.conftest import ROOT, eventually
+from tests.support import ROOT, eventually
 
 
 def demo_env(address: str) -> dict[str, str]:

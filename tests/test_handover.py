@@ -16,7 +16,7 @@ from taskpool.domain.tasks import TaskSpec, TaskStatus, TokenUsage
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import start_test_batch
+from tests.support import start_test_batch
 
 
 async def test_children_running_at_continue_as_new_report_to_the_next_run(

@@ -21,18 +21,20 @@ from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Fault, ScriptedModelServer
-from tests.conftest import (
+from tests.support import (
     SpawnWorker,
+    assert_each_completed_once,
+    documents,
     eventually,
+    kill_a_worker_mid_batch,
+    marker_names,
     running_worker,
     start_test_batch,
+    starter,
     wait_until_child_cancelled,
     worker_environment,
+    write_jsonl,
 )
-from tests.test_agent_loop import marker_names
-from tests.test_batch_e2e import documents
-from tests.test_crash import assert_each_completed_once, kill_a_worker_mid_batch
-from tests.test_starter import starter, write_jsonl
 
 LOCAL = AgentSettings(model_calls="local")
 

@@ -38,7 +38,7 @@ from taskpool.infra.ratelimit import (
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
-from tests.conftest import ROOT, eventually
+from tests.support import ROOT, eventually
 from worker import build_worker
 
 START = 1_000.0

@@ -22,7 +22,7 @@ from taskpool.domain.batch import BatchState, BatchStatus, TaskView
 from taskpool.domain.requests import RetryTasksRequest, TaskQuery
 from taskpool.infra.settings import Settings
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import batch_with_a_failed_task
+from tests.support import batch_with_a_failed_task
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer

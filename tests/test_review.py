@@ -17,10 +17,15 @@ from taskpool.domain.tasks import EventType, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import eventually, start_test_batch, worker_environment
-from tests.test_batch_e2e import documents
-from tests.test_starter import starter, write_jsonl
-from tests.test_temporal_cli import update
+from tests.support import (
+    documents,
+    eventually,
+    start_test_batch,
+    starter,
+    update,
+    worker_environment,
+    write_jsonl,
+)
 
 
 def last_request_messages(scripted: ScriptedModelServer, task_id: str) -> list[dict[str, Any]]:

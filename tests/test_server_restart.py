@@ -31,9 +31,13 @@ from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.infra.temporal_connection import connect, ensure_search_attributes
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import WorkerProcess, eventually, worker_environment
-from tests.test_batch_e2e import documents
-from tests.test_crash import assert_each_completed_once
+from tests.support import (
+    WorkerProcess,
+    assert_each_completed_once,
+    documents,
+    eventually,
+    worker_environment,
+)
 
 TASKS = 16
 

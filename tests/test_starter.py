@@ -8,9 +8,7 @@ import io
 import json
 import re
 import secrets
-import sys
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,61 +44,22 @@ from taskpool.domain.tasks import (
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore, opened_store
 from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from tests.conftest import (
-    ROOT,
+from tests.support import (
+    Run,
     eventually,
     script_slow_task,
     start_test_batch,
+    starter,
     worker_environment,
+    write_jsonl,
 )
 
-RUN_LIMIT_SECONDS = 60
 STATUS_KEYS = {"batch_id", "state", "total", "counts", "concurrency", "in_flight"}
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
 
 @pytest.fixture
 def env(settings: Settings, temporal_address: str) -> dict[str, str]:
     return worker_environment(settings, temporal_address)
-
-
-async def starter(env: dict[str, str], *args: str) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "starter.py",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(RUN_LIMIT_SECONDS):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    run = Run(process.returncode, out.decode(), err.decode())
-    # Whatever happened, the user gets a sentence, not a stack.
-    assert "Traceback" not in run.err, run.err
-    return run
-
-
-def write_jsonl(path: Path, *records: dict[str, Any] | str) -> Path:
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
 
 
 def docs(n: int, prefix: str = "doc") -> list[dict[str, Any]]:

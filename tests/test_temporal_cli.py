@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,29 +12,14 @@ from taskpool.client.batches import batch_status
 from taskpool.domain.batch import BatchOptions, BatchState
 from taskpool.infra.settings import Settings
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import (
+from tests.support import (
     batch_with_a_failed_task,
+    documents,
     eventually,
     start_test_batch,
-    temporal_cli,
+    temporal,
+    update,
 )
-from tests.test_batch_e2e import documents
-
-
-async def temporal(address: str, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        temporal_cli(),
-        *args,
-        "--address",
-        address,
-        "--namespace",
-        "default",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def query(address: str, batch_id: str, name: str, *args: str) -> Any:
@@ -53,25 +37,6 @@ async def query(address: str, batch_id: str, name: str, *args: str) -> Any:
         "json",
     )
     return json.loads(out)["queryResult"][0]
-
-
-async def update(address: str, batch_id: str, name: str, payload: dict[str, Any]) -> Any:
-    """The answer to one of the batch's updates, sent through the CLI with a JSON payload."""
-    out = await temporal(
-        address,
-        "workflow",
-        "update",
-        "execute",
-        "--workflow-id",
-        batch_id,
-        "--name",
-        name,
-        "--input",
-        json.dumps(payload),
-        "--output",
-        "json",
-    )
-    return json.loads(out)["result"]
 
 
 async def test_cli_queries_status_and_pauses_and_resumes(

@@ -22,8 +22,7 @@ from taskpool.infra.settings import Settings
 from taskpool.infra.temporal_connection import ensure_search_attributes
 from taskpool.testing.scripted import ScriptedModelServer
 from tests.browser import Browser, find_chromium
-from tests.conftest import ROOT, eventually, running_worker, start_test_batch
-from tests.test_batch_e2e import documents
+from tests.support import ROOT, documents, eventually, running_worker, start_test_batch
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CI_INSTALL = "apt-get update && apt-get install -y chromium"

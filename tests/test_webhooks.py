@@ -32,14 +32,14 @@ from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, Webho
 from taskpool.domain.tasks import TaskSpec
 from taskpool.infra.settings import Settings, SettingsError
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.conftest import (
+from tests.support import (
+    documents,
     eventually,
     result_in_time,
     running_worker,
     script_slow_task,
     start_test_batch,
 )
-from tests.test_batch_e2e import documents
 
 SECRET = "a shared secret"  # noqa: S105 (the test's own)
 

@@ -14,8 +14,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from taskpool.domain.batch import BatchOptions
 from taskpool.domain.tasks import TaskSpec
 from taskpool.infra.settings import Settings, SettingsError
-from tests.conftest import running_worker, start_test_batch
 from tests.sandbox_probe import ReadsTheClock
+from tests.support import running_worker, start_test_batch
 
 GUARD_WAIT = 15.0
 
