@@ -8,9 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml, so a code change does not reinstall them.
+# Dependencies first, read from pyproject.toml, so a code change does not reinstall them: the
+# worker's own and the `postgres` extra (the compose topology's task store), not the `demo` extra
+# (the Temporal CLI and llama.cpp server a laptop demo runs) nor `dev`.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

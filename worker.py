@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from activities.llm import LlmActivities
+from activities.llm.turn import LlmActivities
 from activities.store_writes import LifecycleActivities
 from activities.webhooks import WebhookActivities
 from taskpool.infra.log_config import configure_logging

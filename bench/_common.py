@@ -1,7 +1,8 @@
 """What every bench script shares: a private dev server, CPU accounting, and the results log.
 
-Bench scripts run as files (`python bench/x.py`), so this module puts the project root on the
-import path before anything imports `taskpool`.
+Bench scripts run as files (`python bench/x.py`): they import `taskpool` from the installed
+package (`make setup` installs it, editable) and each other by module name, since Python puts the
+script's folder first on the import path.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from taskpool.devtools.devserver import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+MB = 1024 * 1024
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -46,6 +48,7 @@ def compile_workflow_modules() -> None:
 
 
 __all__ = [
+    "MB",
     "RESULTS_MD",
     "ROOT",
     "SERVER_CONFIGS",
@@ -62,9 +65,15 @@ __all__ = [
     "machine_summary",
     "parse_pairs",
     "process_cpu_seconds",
+    "progress",
     "self_cpu_seconds",
     "server_config",
 ]
+
+
+def progress(message: str) -> None:
+    """A note on how a run is getting on: stderr, so that stdout holds only the results."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -39,22 +39,14 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# `_common` must come first: it puts the project root ahead of bench/ on the import path.
-from _common import append_result, bench_server, command_line, server_config
+from _common import append_result, bench_server, command_line, progress, server_config
+from batch_run import MODEL, document, finish_or_stall, worker_environment, worker_process
+from histories import workflow_task_problems
+from meters import RssSampler
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from throughput import (
-    MODEL,
-    RssSampler,
-    document,
-    finish_or_stall,
-    progress,
-    worker_environment,
-    worker_process,
-    workflow_task_problems,
-)
 
 from taskpool.client.batches import batch_status, prepare_batch, register_definitions, task_page
 from taskpool.domain import names

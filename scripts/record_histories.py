@@ -1,22 +1,22 @@
 """Record real workflow histories for the replay test (tests/test_replay.py).
 
-Run it after a deliberate change to workflow behaviour, and commit the new files: from then on CI
-fails any change that would break batches already running with this code. Each recording is a set
-of its own (tests/histories/<name>/, the time of the recording by default). Earlier sets stay:
-batches started by earlier code may still be running when new workers take over.
+Until the first tagged release, each change to the commands a workflow issues re-records this one
+set (docs/design.md, "Versioning and recorded histories"), and CI then fails any later change that
+would break batches running this code. Each scenario is a batch of its own, named after it, in a
+folder of its own: `tests/histories/<scenario>/` holds `batch.run-<n>.json` for each run of the
+batch, `<task id>.json` (`<task id>@<n>.json` for a later attempt) for each task, and
+`webhook-<n>.json` for each delivery.
 
-    .venv/bin/python scripts/record_histories.py [name]
+    .venv/bin/python scripts/record_histories.py
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowExecution
@@ -46,11 +46,12 @@ from worker import build_openai_client, build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "histories"
-# One batch for each way of running model turns, and one whose results wait for review.
-RECORDED_BATCHES = {
-    "recorded-batch": AgentSettings(),
-    "recorded-local": AgentSettings(model_calls="local"),
-    "recorded-review": AgentSettings(review=True),
+# One batch for each way of running model turns, and one whose results wait for review; the
+# batch id is the scenario's name, so a file's name gives its workflow id (history_workflow_id).
+SCENARIOS = {
+    "activity-turns": AgentSettings(),
+    "local-turns": AgentSettings(model_calls="local"),
+    "review": AgentSettings(review=True),
 }
 # In the batch with review, this task's first result is sent back; every other result is approved.
 SENT_BACK = "doc-0"
@@ -76,10 +77,11 @@ async def main(out: Path) -> None:
                 opened_store(settings.store_url) as store,
                 build_worker(client, settings, llm_client=llm, store=store),
             ):
-                empty_directory(out)
                 count = 0
-                for batch_id, agent in RECORDED_BATCHES.items():
-                    count += await record_batch(client, model, settings, batch_id, agent, out)
+                for scenario, agent in SCENARIOS.items():
+                    folder = out / scenario
+                    empty_directory(folder)
+                    count += await record_batch(client, model, settings, scenario, agent, folder)
             await llm.close()
     print(f"recorded {count} histories in {out.relative_to(ROOT)}")
 
@@ -135,12 +137,16 @@ async def record_batch(
     await handle.result()
     expected = {batch_id} | {f"{batch_id}/{spec.id}" for spec in specs}
     executions = await listed_when_visible(client, batch_id, expected)
+    batch_runs = sorted((e for e in executions if e.id == batch_id), key=lambda e: e.start_time)
     for execution in executions:
         history = await client.get_workflow_handle(
             execution.id, run_id=execution.run_id
         ).fetch_history()
-        name = f"{execution.id}-{execution.run_id[:8]}".replace("/", "__")
-        (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json())))
+        if execution.id == batch_id:
+            name = f"batch.run-{batch_runs.index(execution) + 1}"
+        else:
+            name = execution.id.removeprefix(batch_id).lstrip("/#")
+        (out / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
     return len(executions)
 
 
@@ -203,5 +209,4 @@ def empty_directory(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    name = sys.argv[1] if len(sys.argv) > 1 else datetime.now(UTC).strftime("%Y-%m-%d-%H%M")
-    asyncio.run(main(OUT / name))
+    asyncio.run(main(OUT))

@@ -128,6 +128,22 @@ async def batch_with_a_failed_task(
     return handle
 
 
+async def batch_runs(
+    client: Client, handle: WorkflowHandle[object, BatchResult]
+) -> AsyncIterator[WorkflowHandle[object, BatchResult]]:
+    """Each run of a batch started by `handle`, first to last, followed through the histories'
+    continue-as-new events: complete at once, where a visibility listing may lag."""
+    run_id = handle.first_execution_run_id
+    while run_id:
+        run = client.get_workflow_handle(handle.id, run_id=run_id, result_type=BatchResult)
+        yield run
+        run_id = None
+        async for event in run.fetch_history_events():
+            if event.HasField("workflow_execution_continued_as_new_event_attributes"):
+                attributes = event.workflow_execution_continued_as_new_event_attributes
+                run_id = attributes.new_execution_run_id
+
+
 async def eventually(
     check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
 ) -> T:

@@ -7,18 +7,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType as E
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.llm import LlmActivities
+from activities.llm.turn import LlmActivities
 from activities.store_writes import LifecycleActivities
 from taskpool.client.batches import batch_status
-from taskpool.domain import names
+from taskpool.domain import agents, names
 from taskpool.domain.batch import BatchState, TaskOutcome, TaskRunInput
 from taskpool.domain.records import RegisterTasksRequest
 from taskpool.domain.tasks import EventType, TaskSpec, TaskStatus
-from taskpool.domain.turns import ChatTurnRequest, ChatTurnResult
+from taskpool.domain.turns import TurnReply, TurnRequest
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Fault, Reply, ScriptedModelServer, ToolCallSpec
@@ -77,62 +78,48 @@ async def test_every_task_leaves_its_lifecycle_in_the_store(
     assert record.duration_seconds is not None
 
 
-async def test_a_simple_tasks_one_model_turn_records_it_without_a_store_step(
+async def test_a_simple_task_is_one_activity_and_eleven_events(
     client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
 ) -> None:
     await run_batch(client, settings, batch_id, "doc")
 
     history = await client.get_workflow_handle(f"{batch_id}/doc").fetch_history()
-    scheduled = [
-        e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+    # Started; a workflow task schedules the turn; the turn; a workflow task applies its tool
+    # calls and completes with the attempt's last store write, which the batch queues.
+    assert [e.event_type for e in history.events] == [
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
+        E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        E.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+        E.EVENT_TYPE_ACTIVITY_TASK_STARTED,
+        E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+        E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        E.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
     ]
-    markers = marker_names(history)
-    assert len(scheduled) == 1
-    # No local activity wrote the store after the turn.
-    assert markers == []
+    # No local activity wrote the store.
+    assert marker_names(history) == []
     record = await store.get_task(batch_id, "doc", with_events=True)
     assert record is not None
     assert record.status is TaskStatus.COMPLETED
     assert record.llm_calls == 1
-    assert [e.key for e in record.events][-4:] == ["1:1", "1:t1:2", "1:t1:3", "1:t1:4"]
-
-
-async def test_a_child_started_before_turns_recorded_themselves_still_records_each_turn(
-    client: Client, worker: Worker, settings: Settings, store: TaskStore, batch_id: str
-) -> None:
-    # What a batch started by an earlier release hands a new worker: no turns_record_themselves
-    # in the child's input. The child writes the store itself, as its history expects.
-    await register_one(store, batch_id, "old")
-    outcome = await client.execute_workflow(
-        names.TASK_WORKFLOW,
-        TaskRunInput(batch_id=batch_id, task_id="old"),
-        id=f"{batch_id}/old",
-        task_queue=settings.task_queue,
-        result_type=TaskOutcome,
-    )
-
-    assert outcome.status is TaskStatus.COMPLETED
-    history = await client.get_workflow_handle(f"{batch_id}/old").fetch_history()
-    markers = marker_names(history)
-    assert markers == ["core_local_activity"]
-    record = await store.get_task(batch_id, "old", with_events=True)
-    assert record is not None
-    assert record.status is TaskStatus.COMPLETED
-    assert record.result
     assert [e.key for e in record.events][-4:] == ["1:1", "1:2", "1:3", "1:4"]
 
 
-async def test_a_turn_recorded_but_never_received_leaves_no_trace_in_the_store(
+async def test_a_turn_kept_but_never_received_leaves_no_result_in_the_store(
     client: Client, settings: Settings, store: TaskStore, batch_id: str
 ) -> None:
-    # The turn's activity applies and records the model's complete_task, then its completion is
-    # lost: the workflow sees a failed turn, and the store must say what the workflow decided.
+    # The turn's activity keeps the model's complete_task reply under its turn, then its
+    # completion is lost: the workflow sees a failed turn, and the store must say what the
+    # workflow decided.
     await register_one(store, batch_id, "lost")
     llm_client = build_openai_client(settings)
-    real = LlmActivities(llm_client, default_model=settings.model, store=store)
+    real = LlmActivities(llm_client, store=store, default_model=settings.model)
 
     @activity.defn(name=names.CHAT_TURN)
-    async def turn_whose_completion_is_lost(request: ChatTurnRequest) -> ChatTurnResult:
+    async def turn_whose_completion_is_lost(request: TurnRequest) -> TurnReply:
         await real.chat_turn(request)
         raise ApplicationError("the reply was lost", type="lost", non_retryable=True)
 
@@ -146,7 +133,7 @@ async def test_a_turn_recorded_but_never_received_leaves_no_trace_in_the_store(
         async with worker:
             outcome = await client.execute_workflow(
                 names.TASK_WORKFLOW,
-                TaskRunInput(batch_id=batch_id, task_id="lost", turns_record_themselves=True),
+                TaskRunInput(batch_id=batch_id, task_id="lost"),
                 id=f"{batch_id}/lost",
                 task_queue=settings.task_queue,
                 result_type=TaskOutcome,
@@ -155,6 +142,12 @@ async def test_a_turn_recorded_but_never_received_leaves_no_trace_in_the_store(
         await llm_client.close()
 
     assert outcome.status is TaskStatus.FAILED
+    kept = await store.conversation(batch_id, "lost", 1, before_turn=2)
+    assert kept is not None
+    assert kept.turns[0].result
+    # The attempt's last write, as the batch queues it.
+    assert outcome.record is not None
+    await store.apply([outcome.record])
     record = await store.get_task(batch_id, "lost", with_events=True)
     assert record is not None
     assert record.status is TaskStatus.FAILED
@@ -166,6 +159,50 @@ async def test_a_turn_recorded_but_never_received_leaves_no_trace_in_the_store(
         ("1:2", EventType.STARTED),
         ("1:3", EventType.FAILED),
     ]
+
+
+async def test_each_turn_rebuilds_the_conversation_from_the_store(
+    client: Client,
+    worker: Worker,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    store: TaskStore,
+    batch_id: str,
+) -> None:
+    scripted.script(
+        "slow",
+        Reply(
+            content="Let me read it.",
+            tool_calls=[
+                ToolCallSpec("start_task", {}),
+                ToolCallSpec("report_progress", {"percent": 30, "step": "reading"}),
+            ],
+        ),
+        Reply(content="Hmm."),
+    )
+    state, _ = await run_batch(client, settings, batch_id, "slow")
+
+    assert state is BatchState.COMPLETED
+    third = sent_messages(scripted, f"{batch_id}/slow", turn=3)
+    assert [(m["role"], m["content"]) for m in third[2:]] == [
+        ("assistant", "Let me read it."),
+        ("tool", "task started"),
+        ("tool", "progress recorded"),
+        ("assistant", "Hmm."),
+        ("user", agents.NUDGE),
+    ]
+    assert [c["function"]["name"] for c in third[2]["tool_calls"]] == [
+        "start_task",
+        "report_progress",
+    ]
+    assert sent_messages(scripted, f"{batch_id}/slow", turn=2) == third[:5]
+    stored = await store.conversation(batch_id, "slow", 1, before_turn=4)
+    assert stored is not None
+    assert [len(t.messages) for t in stored.turns] == [1, 3, 2]
+    record = await store.get_task(batch_id, "slow")
+    assert record is not None
+    assert record.result == stored.turns[-1].result == scripted.completions[f"{batch_id}/slow"][-1]
+    assert record.llm_calls == 3
 
 
 async def test_a_model_that_stops_is_nudged_once_then_the_task_fails(
@@ -245,6 +282,11 @@ async def test_rate_limits_and_server_errors_are_retried_by_temporal(
     record = await store.get_task(batch_id, "busy")
     assert record is not None
     assert record.llm_calls == 1
+    # The turn that took three tries keeps one reply, the one whose result the task has.
+    stored = await store.conversation(batch_id, "busy", 1, before_turn=99)
+    assert stored is not None
+    (kept,) = stored.turns
+    assert kept.result == record.result == scripted.completions[f"{batch_id}/busy"][-1]
 
 
 async def test_a_permanent_provider_error_fails_the_task_with_the_reason(

@@ -32,7 +32,6 @@ from tests.support import (
     eventually,
     start_test_batch,
     wait_until_child_cancelled,
-    wait_until_completed,
 )
 from workflows.batch import CANCEL_GROUP
 
@@ -45,11 +44,26 @@ async def test_pause_stops_new_model_calls_until_resume(
     batch_id: str,
 ) -> None:
     scripted.latency = 0.3
+    # The first three calls are held until the pause has reached their tasks: they finish, and
+    # the other twelve stay queued.
+    scripted.hold_replies()
     handle = await start_test_batch(
         client, settings, batch_id, documents(15), BatchOptions(concurrency=3)
     )
-    await wait_until_completed(client, batch_id, 3)
+
+    async def three_calls_held() -> None:
+        assert scripted.in_flight == 3
+
+    await eventually(three_calls_held)
     await pause_batch(client, batch_id, reason="quota check")
+
+    async def pause_delivered() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.pause_delivered
+
+    await eventually(pause_delivered)
+    scripted.release_replies()
 
     async def drained() -> None:
         status = await batch_status(client, batch_id)
@@ -69,6 +83,7 @@ async def test_pause_stops_new_model_calls_until_resume(
     assert scripted.total_requests == requests_when_paused
     assert status.counts["queued"] == at_pause.counts["queued"] > 0
     assert status.counts["completed"] == requests_when_paused
+    assert (status.counts["queued"], status.counts["completed"]) == (12, 3)
 
     await resume_batch(client, batch_id)
     result = await handle.result()
@@ -86,8 +101,9 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
 ) -> None:
     from taskpool.testing.scripted import Reply, ToolCallSpec
 
-    scripted.latency = 0.5
-    # The first turn only starts the task; the second would complete it.
+    # The first turn only starts the task; the second would complete it. The first is held
+    # until the pause has reached the task, so that the pause lands between the two turns.
+    scripted.hold_replies()
     scripted.script("slow", Reply(tool_calls=[ToolCallSpec("start_task", {})]))
     handle = await start_test_batch(client, settings, batch_id, [TaskSpec(id="slow", input="text")])
 
@@ -96,6 +112,22 @@ async def test_pause_holds_a_multi_turn_task_between_turns(
 
     await eventually(first_turn_running)
     await pause_batch(client, batch_id)
+
+    async def pause_delivered() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.pause_delivered
+
+    await eventually(pause_delivered)
+    scripted.release_replies()
+
+    async def first_turn_answered() -> None:
+        (first,) = scripted.records_for("slow")
+        assert first.status == 200
+        assert scripted.in_flight == 0
+
+    await eventually(first_turn_answered)
+    # Absence of a second call can only be observed over a window.
     await asyncio.sleep(1.5)
     assert scripted.total_requests == 1
     await resume_batch(client, batch_id)

@@ -11,7 +11,13 @@ from taskpool.domain.tasks import TaskSpec, TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import Reply, ScriptedModelServer, ToolCallSpec
-from tests.support import documents, result_in_time, running_worker, start_test_batch
+from tests.support import (
+    documents,
+    eventually,
+    result_in_time,
+    running_worker,
+    start_test_batch,
+)
 
 
 async def test_batch_completes_within_the_concurrency_limit(
@@ -23,12 +29,22 @@ async def test_batch_completes_within_the_concurrency_limit(
     batch_id: str,
 ) -> None:
     scripted.latency = 0.3
+    # Held replies end no call, so the calls in flight can only grow: to the limit, no further.
+    scripted.hold_replies()
     specs = documents(30)
     handle = await start_test_batch(client, settings, batch_id, specs, BatchOptions(concurrency=5))
+
+    async def limit_reached() -> None:
+        assert scripted.in_flight == 5
+        assert (await batch_status(client, batch_id)).in_flight == 5
+
+    await eventually(limit_reached)
+    scripted.release_replies()
     result = await handle.result()
 
     assert result.state is BatchState.COMPLETED
     assert result.counts["completed"] == 30
+    # Reached above, and never more at once.
     assert scripted.peak_concurrency == 5
     # One LLM call per simple task: all tool calls of the reply were applied.
     assert scripted.total_requests == 30

@@ -197,8 +197,12 @@ def test_worker_memory() -> None:
     [run] = sections(out)
     assert run["completed"] == 10
     assert run["model_peak_concurrency"] == 5
-    assert run["rss_start_mb"] <= run["rss_peak_mb"]
-    assert "target <= 150 MB" in out
+    # The first sample is a live Python worker with the SDK loaded (about 100 MB), in MB: no
+    # sample at all reads as 0, and a unit slip as 1024 times off.
+    assert 20 < run["rss_start_mb"] < 1024
+    # The target holds at this size with room to spare, and the verdict says what the figure does.
+    assert run["rss_peak_mb"] <= 150
+    assert "target <= 150 MB: PASS." in out
 
 
 def test_rate_limits_across_workers() -> None:
@@ -213,8 +217,24 @@ def test_rate_limits_across_workers() -> None:
         verdict_exit=True,
     )
 
+    # The verdict also asks that the limit be used to 90 %, which a loaded machine may miss in
+    # one minute; that no 60 s window went over either limit must hold whatever the load.
     assert re.search(r"^\| requests bind \| \d+ \| \d+ \|", out, re.MULTILINE), out
-    assert re.search(r"Model calls per worker process: \d+, \d+; error replies: 0\. Verdict:", out)
+    whole = re.search(
+        r"^\| whole run \| (\d+) \| \d+ \| \d+ \| (\d+) \(.*?\) \| (\d+) \(.*?\) \| - \| (\w+) \|$",
+        out,
+        re.MULTILINE,
+    )
+    assert whole is not None, out
+    calls, peak_requests, peak_tokens, held = whole.groups()
+    assert int(calls) > 0
+    assert int(peak_requests) <= 120, out
+    assert int(peak_tokens) <= 20000, out
+    assert held == "yes", out
+    # Both workers took model calls: the limit held across processes, not within one.
+    per_worker = re.search(r"Model calls per worker process: (\d+), (\d+); error replies: 0\.", out)
+    assert per_worker is not None, out
+    assert all(int(count) > 0 for count in per_worker.groups()), out
 
 
 def test_one_large_batch_runs_through_continue_as_new_and_cancels() -> None:
@@ -249,7 +269,7 @@ def test_steady_rate_measures_busy_slots_when_the_slots_move_in_step(
     first and last tenth took one wave more than the span holds (98.6 % "steady" for 200 tasks
     beside 92.8 % end to end); the estimator integrates busy time instead."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import throughput
+    import batch_run
 
     window, latency, cycle = 10, 1.0, 1.07
     calls = [
@@ -258,8 +278,8 @@ def test_steady_rate_measures_busy_slots_when_the_slots_move_in_step(
         for slot in range(window)
     ]
 
-    rate = throughput.steady_rate(calls, latency)
+    rate = batch_run.steady_rate(calls, latency)
 
     assert rate == pytest.approx(window / cycle, rel=0.01)
-    assert throughput.steady_rate(calls[:4], latency) is None
-    assert throughput.steady_rate([], latency) is None
+    assert batch_run.steady_rate(calls[:4], latency) is None
+    assert batch_run.steady_rate([], latency) is None

@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from taskpool.client.batches import batch_status
+from taskpool.client.batches import batch_status, pause_batch, resume_batch
 from taskpool.domain import names
 from taskpool.domain.batch import BatchOptions, BatchState, TaskView
 from taskpool.domain.requests import TaskQuery
@@ -66,11 +66,39 @@ async def test_the_progress_search_attribute_moves_in_steps_of_five(
     scripted: ScriptedModelServer,
     batch_id: str,
 ) -> None:
-    # 40 tasks: 2.5 % each, so steps of one percent would upsert on every report.
+    # 40 tasks: 2.5 % each, so steps of one percent would upsert on every report. The first 4
+    # are held at the model until the batch is paused, so exactly they finish before the pause
+    # holds the rest: the batch stands still at 10 %.
+    scripted.hold_replies()
     handle = await start_test_batch(
-        client, settings, batch_id, documents(40), BatchOptions(concurrency=8)
+        client, settings, batch_id, documents(40), BatchOptions(concurrency=4)
     )
-    await handle.result()
+
+    async def four_calls_held() -> None:
+        assert scripted.in_flight == 4
+
+    await eventually(four_calls_held)
+    await pause_batch(client, batch_id, reason="look at the list")
+
+    async def pause_delivered() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.pause_delivered
+
+    await eventually(pause_delivered)
+    scripted.release_replies()
+
+    async def four_done_and_shown() -> None:
+        status = await batch_status(client, batch_id)
+        assert (status.counts["completed"], status.in_flight) == (4, 0)
+        assert status.progress_percent == 10.0
+        listed = (await handle.describe()).typed_search_attributes
+        assert listed.get(names.BATCH_PROGRESS_ATTRIBUTE) == 10
+
+    await eventually(four_done_and_shown)
+    await resume_batch(client, batch_id)
+    result = await handle.result()
+    assert result.counts["completed"] == 40
 
     progress: list[int] = []
     async for event in handle.fetch_history_events():
@@ -81,3 +109,4 @@ async def test_the_progress_search_attribute_moves_in_steps_of_five(
     assert progress[-1] == 100
     assert all(value % 5 == 0 for value in progress)
     assert progress == sorted(progress)
+    assert 10 in progress

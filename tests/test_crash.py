@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
+import pytest
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
@@ -16,7 +18,7 @@ from taskpool.domain.requests import TasksQuery
 from taskpool.domain.tasks import TaskStatus
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
-from taskpool.testing.scripted import ScriptedModelServer
+from taskpool.testing.scripted import ScriptedModelServer, numbered
 from tests.support import (
     SpawnWorker,
     assert_each_completed_once,
@@ -24,11 +26,18 @@ from tests.support import (
     eventually,
     kill_a_worker_mid_batch,
     start_test_batch,
-    wait_until_completed,
 )
 
 # Short heartbeats, so the turns the dead worker held are retried within seconds.
 FAST_RECOVERY = BatchOptions(concurrency=4, agent=AgentSettings(llm_heartbeat_seconds=2))
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedModelServer]:
+    """A model whose every call completes with a result of its own: a task that kept an
+    earlier call's result, or lost its last, shows in the store."""
+    async with ScriptedModelServer(responder=numbered()) as server:
+        yield server
 
 
 async def chat_turn_attempts(client: Client, workflow_id: str) -> list[int]:
@@ -53,6 +62,8 @@ async def test_worker_killed_mid_batch_finishes_every_task_exactly_once(
     )
 
     assert result.counts["completed"] == 20
+    sent = [result for results in scripted.completions.values() for result in results]
+    assert len(set(sent)) == len(sent), "each call's result must differ from every other's"
     records = await assert_each_completed_once(store, scripted, batch_id, 20)
     requests_per_task = Counter(r.task_key for r in scripted.requests)
     retried = []
@@ -76,10 +87,25 @@ async def test_pause_survives_a_worker_crash(
     batch_id: str,
 ) -> None:
     scripted.latency = 0.3
+    # The first four calls are held until the pause has reached their tasks: they finish, and
+    # the other eight stay queued.
+    scripted.hold_replies()
     first = spawn_worker()
     handle = await start_test_batch(client, settings, batch_id, documents(12), FAST_RECOVERY)
-    await wait_until_completed(client, batch_id, 2)
+
+    async def four_calls_held() -> None:
+        assert scripted.in_flight == 4
+
+    await eventually(four_calls_held)
     await pause_batch(client, batch_id, reason="before crash")
+
+    async def pause_delivered() -> None:
+        status = await batch_status(client, batch_id)
+        assert status.paused
+        assert status.pause_delivered
+
+    await eventually(pause_delivered)
+    scripted.release_replies()
 
     async def paused_and_idle() -> None:
         status = await batch_status(client, batch_id)

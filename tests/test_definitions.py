@@ -1,5 +1,5 @@
 """Task definitions live in the task store, not in history: the starter writes them before the
-batch starts, each task workflow reads its own, and a missing one fails its task, not the batch."""
+batch starts, each model turn reads its task's, and a missing one fails its task, not the batch."""
 
 from __future__ import annotations
 

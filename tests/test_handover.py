@@ -16,7 +16,7 @@ from taskpool.domain.tasks import TaskSpec, TaskStatus, TokenUsage
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.testing.scripted import ScriptedModelServer
-from tests.support import start_test_batch
+from tests.support import batch_runs, start_test_batch
 
 
 async def test_children_running_at_continue_as_new_report_to_the_next_run(
@@ -40,9 +40,8 @@ async def test_children_running_at_continue_as_new_report_to_the_next_run(
     signals: Counter[str] = Counter()
     completions = 0
     runs = 0
-    async for execution in client.list_workflows(f"WorkflowId = '{batch_id}'"):
+    async for run in batch_runs(client, handle):
         runs += 1
-        run = client.get_workflow_handle(batch_id, run_id=execution.run_id)
         async for event in run.fetch_history_events():
             if event.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 signals[event.workflow_execution_signaled_event_attributes.signal_name] += 1

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from taskpool.client.inputs import MAX_REPORTED, InputError, InputProblem, load_tasks
-from taskpool.domain.tasks import Priority
+from taskpool.client.inputs.problems import Problems
+from taskpool.client.inputs.row import CellRow, TaskRow
+from taskpool.client.inputs.wording import FIELD_LIST
+from taskpool.domain.tasks import Priority, TaskSpec
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -689,3 +693,162 @@ def test_report_is_capped(tmp_path: Path) -> None:
     assert f"{path}:{MAX_REPORTED}: not valid JSON" in text
     assert f"{path}:{MAX_REPORTED + 1}:" not in text
     assert text.endswith(f"\n  and {extra} more")
+
+
+def test_a_row_reports_each_unusable_field_once_in_a_stable_order(tmp_path: Path) -> None:
+    path, problems = problems_in(
+        tmp_path,
+        "tasks.jsonl",
+        jsonl({"label": 3, "id": "a/b", "scheduled_for": "soon", "prority": "high", "x": None}),
+    )
+
+    assert [p.message for p in problems] == [
+        "unknown field 'prority' (did you mean 'priority'?); fields are " + FIELD_LIST,
+        "unknown field 'x'; fields are " + FIELD_LIST,
+        "missing input",
+        "scheduled_for: 'soon' is not an ISO 8601 date-time (e.g. 2025-05-01T09:00:00Z)",
+        "id: must not contain '/', tabs, newlines or surrounding spaces",
+        "label: input should be a valid string",
+    ]
+    assert {(p.path, p.line) for p in problems} == {(str(path), 1)}
+
+
+def test_csv_cell_problems_come_in_column_order(tmp_path: Path) -> None:
+    path, problems = problems_in(
+        tmp_path, "tasks.csv", 'metadata,id,input,depends_on\n"[1]",a/b,,"[""x"""\n'
+    )
+
+    assert [p.message for p in problems] == [
+        'metadata: must be a JSON object (e.g. {"team": "search"})',
+        'depends_on: not a valid JSON list of ids (e.g. ["a", "b"])',
+        "missing input",
+        "id: must not contain '/', tabs, newlines or surrounding spaces",
+    ]
+    find(problems, path, 2, "metadata")
+
+
+def test_loaded_tasks_are_plain_task_specs_that_know_what_the_file_gave(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tasks.jsonl",
+        jsonl({"id": "a", "input": "x", "priority": "HIGH"}, {"id": "b", "input": "y"}),
+    )
+
+    a, b = load_tasks(path, default_kind="translate")
+
+    assert type(a) is TaskSpec
+    assert a == TaskSpec(id="a", input="x", priority=Priority.HIGH, kind="translate")
+    # The CLI gives its --priority only to tasks whose line set none.
+    assert "priority" in a.model_fields_set
+    assert "priority" not in b.model_fields_set
+
+
+# --- The row model -------------------------------------------------------------------------------
+
+
+def test_task_row_coerces_json_values() -> None:
+    row = TaskRow.model_validate(
+        {
+            "id": "a",
+            "input": {"q": 1},
+            "label": "",
+            "priority": " Urgent ",
+            "depends_on": " b; c,b ,, ",
+            "scheduled_for": " 2025-05-01 ",
+            "metadata": None,
+        }
+    )
+
+    spec = row.spec(default_kind="classify")
+
+    assert spec.input == {"q": 1}
+    assert spec.label is None
+    assert spec.priority is Priority.URGENT
+    assert spec.depends_on == ["b", "c"]
+    assert spec.scheduled_for == datetime(2025, 5, 1, tzinfo=UTC)
+    assert spec.metadata == {}
+    assert spec.kind == "classify"
+    assert TaskRow.model_validate({"id": "a", "input": "x", "kind": "k"}).spec("other").kind == "k"
+
+
+def test_task_row_keeps_the_id_of_a_row_it_rejects() -> None:
+    raw = {"id": " a ", "input": []}
+
+    with pytest.raises(ValidationError) as info:
+        TaskRow.model_validate(raw)
+
+    assert {str(e["loc"][0]) for e in info.value.errors()} == {"id", "input"}
+    assert TaskRow.given_id(raw) == " a "
+    assert TaskRow.given_id({"id": "  "}) is None
+    assert TaskRow.given_id({"id": 7}) is None
+
+
+def test_cell_row_reads_text_cells() -> None:
+    cells = {
+        "id": " a ",
+        "input": '  {"q": [1, 2]} ',
+        "kind": "  ",
+        "priority": "LOW",
+        "depends_on": ' ["b", " c ", ""] ',
+        "metadata": '{"team": "x"}',
+        "colour": "red",
+    }
+
+    spec = CellRow.model_validate(cells).spec(default_kind=None)
+
+    assert (spec.id, spec.input, spec.kind, spec.priority) == (
+        "a",
+        {"q": [1, 2]},
+        "summarize",
+        "low",
+    )
+    assert spec.depends_on == ["b", "c"]
+    assert spec.metadata == {"team": "x"}
+    assert spec.model_fields_set == {"id", "input", "priority", "depends_on", "metadata"}
+    assert CellRow.model_validate({"id": "a", "input": " {x} "}).spec(None).input == " {x} "
+    assert CellRow.given_id({"id": " a "}) == "a"
+
+
+# --- The collector of problems -------------------------------------------------------------------
+
+
+def test_problems_come_out_by_file_then_line_and_in_the_order_found_within_a_line() -> None:
+    problems = Problems()
+    problems.raise_if_any()  # nothing found: nothing raised
+
+    problems.add("b.jsonl", 2, "second on line 2")
+    problems.add("a.jsonl", 3, "a3")
+    problems.add("b.jsonl", 1, "b1")
+    problems.add("b.jsonl", None, "whole file")
+    problems.add("b.jsonl", 2, "third on line 2")
+    problems.add("a.jsonl", None, "whole a")
+
+    expected = [
+        InputProblem("a.jsonl", None, "whole a"),
+        InputProblem("a.jsonl", 3, "a3"),
+        InputProblem("b.jsonl", None, "whole file"),
+        InputProblem("b.jsonl", 1, "b1"),
+        InputProblem("b.jsonl", 2, "second on line 2"),
+        InputProblem("b.jsonl", 2, "third on line 2"),
+    ]
+    assert problems.in_file_order() == expected
+    with pytest.raises(InputError) as info:
+        problems.raise_if_any()
+    assert info.value.problems == expected
+    assert str(info.value).splitlines() == [
+        "cannot load tasks: 6 problems",
+        "  a.jsonl: whole a",
+        "  a.jsonl:3: a3",
+        "  b.jsonl: whole file",
+        "  b.jsonl:1: b1",
+        "  b.jsonl:2: second on line 2",
+        "  b.jsonl:2: third on line 2",
+    ]
+
+
+def test_one_problem_is_reported_in_the_singular() -> None:
+    problems = Problems()
+    problems.add("t.csv", 4, "bad")
+
+    with pytest.raises(InputError, match=r"^cannot load tasks: 1 problem\n  t.csv:4: bad$"):
+        problems.raise_if_any()

@@ -1,4 +1,4 @@
-"""Every pair of task states: the legal moves of DESIGN.md section 2 and nothing else.
+"""Every pair of task states: the legal moves of docs/design.md section 2 and nothing else.
 
 One departure: a result sent back from review goes to queued (its redo waits for a slot), not
 to in_progress."""

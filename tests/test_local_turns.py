@@ -60,16 +60,24 @@ async def test_local_turns_run_a_batch_with_one_model_call_and_no_activity_task_
     history = await client.get_workflow_handle(f"{batch_id}/doc-0").fetch_history()
     types = [e.event_type for e in history.events]
     assert HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in types
-    # The turn is the child's one local activity; it recorded the task's lifecycle itself. One
-    # workflow task: started, its task scheduled, started, completed, the turn, completed.
+    # The turn is the child's one local activity, and the attempt's last store write went to the
+    # batch with its outcome. One workflow task: started, its task scheduled, started, the turn,
+    # completed, and the workflow completed.
     assert marker_names(history) == ["core_local_activity"]
-    assert len(types) == 6
+    assert types == [
+        HistoryEventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
+        HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        HistoryEventType.EVENT_TYPE_MARKER_RECORDED,
+        HistoryEventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    ]
     records = await store.list_tasks(batch_id, with_events=True)
     assert {r.status for r in records} == {TaskStatus.COMPLETED}
     for record in records:
         assert record.llm_calls == 1
         assert record.result == scripted.completions[f"{batch_id}/{record.task_id}"][-1]
-        assert [e.key for e in record.events][-3:] == ["1:t1:2", "1:t1:3", "1:t1:4"]
+        assert [e.key for e in record.events][-4:] == ["1:1", "1:2", "1:3", "1:4"]
 
 
 async def test_local_turns_are_retried_and_fail_like_activities(

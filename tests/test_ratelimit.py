@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.llm import LlmActivities
-from taskpool.domain import agents
-from taskpool.domain.tasks import TaskSpec
-from taskpool.domain.turns import ChatTurnRequest
+from activities.llm.turn import LlmActivities
+from taskpool.domain.records import RegisterTasksRequest
+from taskpool.domain.tasks import TaskSpec, TaskStatus
+from taskpool.domain.turns import TurnRequest
 from taskpool.infra.ratelimit import (
     MEMORY,
     WINDOW_SECONDS,
@@ -353,15 +353,22 @@ async def openai_client(scripted: ScriptedModelServer) -> AsyncIterator[openai.A
         await client.close()
 
 
-def turn(task_id: str) -> ChatTurnRequest:
-    spec = TaskSpec(id=task_id, input="A short text to summarise.")
-    return ChatTurnRequest(
-        task_key=f"batch/{task_id}",
-        turn=1,
-        messages=agents.first_messages(spec),
-        tools=list(agents.LIFECYCLE_TOOLS),
-        timeout_seconds=5,
+@pytest.fixture
+async def tasks_in_store(store: TaskStore) -> TaskStore:
+    """The store with the definitions the activity reads: doc-1 and doc-2 of batch "batch"."""
+    await store.register_tasks(
+        RegisterTasksRequest(
+            batch_id="batch",
+            tasks=[TaskSpec(id=f"doc-{n}", input="A short text to summarise.") for n in (1, 2)],
+            initial_status={f"doc-{n}": TaskStatus.ASSIGNED for n in (1, 2)},
+            at=datetime.now(UTC),
+        )
     )
+    return store
+
+
+def turn(task_id: str) -> TurnRequest:
+    return TurnRequest(batch_id="batch", task_id=task_id, attempt=1, turn=1, timeout_seconds=5)
 
 
 def activity_environment(heartbeats: list[object]) -> ActivityEnvironment:
@@ -377,12 +384,16 @@ def activity_environment(heartbeats: list[object]) -> ActivityEnvironment:
 
 
 async def test_a_call_waits_heartbeating_while_the_budget_is_spent(
-    scripted: ScriptedModelServer, openai_client: openai.AsyncOpenAI
+    scripted: ScriptedModelServer, openai_client: openai.AsyncOpenAI, tasks_in_store: TaskStore
 ) -> None:
     clock = ManualClock()
     budget = InMemoryTokenBudget(LIMIT, clock=clock)
     llm = LlmActivities(
-        openai_client, default_model="scripted-model", budget=budget, heartbeat_every=0.02
+        openai_client,
+        store=tasks_in_store,
+        default_model="scripted-model",
+        budget=budget,
+        heartbeat_every=0.02,
     )
     done = [ToolCallSpec("complete_task", {"result": "done"})]
     # The provider reports more than the estimate: the window is charged what it says.
@@ -412,11 +423,13 @@ async def test_a_call_waits_heartbeating_while_the_budget_is_spent(
 
 
 async def test_a_failed_call_gives_its_tokens_back(
-    scripted: ScriptedModelServer, openai_client: openai.AsyncOpenAI
+    scripted: ScriptedModelServer, openai_client: openai.AsyncOpenAI, tasks_in_store: TaskStore
 ) -> None:
     clock = ManualClock()
     budget = InMemoryTokenBudget(LIMIT, clock=clock)
-    llm = LlmActivities(openai_client, default_model="scripted-model", budget=budget)
+    llm = LlmActivities(
+        openai_client, store=tasks_in_store, default_model="scripted-model", budget=budget
+    )
     scripted.script("doc-1", Fault.server_error())
     with pytest.raises(ApplicationError, match="HTTP 500"):
         await activity_environment([]).run(llm.chat_turn, turn("doc-1"))

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, Model
 from taskpool.infra.settings import Settings
 from taskpool.infra.store import TaskStore
 from taskpool.infra.temporal_connection import connect, ensure_search_attributes
-from taskpool.testing.scripted import ScriptedModelServer
+from taskpool.testing.scripted import ScriptedModelServer, numbered
 from tests.support import (
     WorkerProcess,
     assert_each_completed_once,
@@ -40,6 +41,14 @@ from tests.support import (
 )
 
 TASKS = 16
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedModelServer]:
+    """A model whose every call completes with a result of its own: a task that kept an
+    earlier call's result, or lost its last, shows in the store."""
+    async with ScriptedModelServer(responder=numbered()) as server:
+        yield server
 
 
 def kill_server(server: DevServer) -> None:

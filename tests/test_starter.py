@@ -21,17 +21,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from taskpool.cli.app import run as run_command
-from taskpool.cli.commands import (
-    WRITE_PROGRESS_FROM,
-    Context,
-    WriteProgress,
-    default_batch_id,
-    outcome_code,
-    with_default_priority,
-)
+from taskpool.cli.commands import COMMANDS
+from taskpool.cli.commands.start import WRITE_PROGRESS_FROM, StartArgs, WriteProgress
+from taskpool.cli.context import Context
+from taskpool.cli.following import outcome_code
+from taskpool.cli.parser import build_parser
 from taskpool.cli.render import duration, live_frame
-from taskpool.cli.snapshot import RateMeter, RunningTask, Snapshot, pace
 from taskpool.client.batches import batch_handle, batch_status
+from taskpool.client.snapshot import RateMeter, RunningTask, Snapshot, pace
+from taskpool.client.starting import default_batch_id, with_default_priority
 from taskpool.domain.batch import BatchOptions, BatchResult, BatchState, BatchStatus, TaskView
 from taskpool.domain.tasks import (
     Priority,
@@ -592,6 +590,51 @@ def test_usage_errors_exit_2(
 ) -> None:
     assert run_command(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_command_reads_its_arguments_as_typed_values() -> None:
+    parser = build_parser()
+    commands = {command.name: command for command in COMMANDS}
+    argv_by_command = {
+        "start": ["start", "t.jsonl", "--priority", "HIGH", "--concurrency", "3", "--json"],
+        "status": ["status", "b"],
+        "watch": ["watch", "b", "--interval", "2"],
+        "tasks": ["tasks", "b", "--status", "failed"],
+        "batches": ["batches", "--state", "paused"],
+        "task": ["task", "b", "t", "--wait", "--timeout", "5"],
+        "comment": ["comment", "b", "t", "Fine."],
+        "pause": ["pause", "b"],
+        "resume": ["resume", "b"],
+        "cancel": ["cancel", "b", "--task", "x", "--task", "y"],
+        "add": ["add", "b", "more.jsonl"],
+        "retry": ["retry", "b", "--task", "x", "--input-file", "new.txt"],
+        "approve": ["approve", "b", "--all"],
+        "reject": ["reject", "b", "--task", "x", "--feedback", "Shorter."],
+        "concurrency": ["concurrency", "b", "7"],
+        "results": ["results", "b", "--out", "r.jsonl"],
+        "demo": ["demo", "--model", "scripted"],
+    }
+    assert set(argv_by_command) == set(commands)
+
+    built = {
+        name: commands[name].args.from_namespace(parser.parse_args(argv))
+        for name, argv in argv_by_command.items()
+    }
+
+    start = built["start"]
+    assert isinstance(start, StartArgs)
+    assert (start.source, start.priority, start.concurrency, start.as_json) == (
+        Path("t.jsonl"),
+        Priority.HIGH,
+        3,
+        True,
+    )
+    assert start.interval == 1.0
+    assert built["tasks"].model_dump()["status"] is TaskStatus.FAILED
+    assert built["batches"].model_dump()["state"] is BatchState.PAUSED
+    assert built["cancel"].model_dump()["task_ids"] == ["x", "y"]
+    assert built["retry"].model_dump()["input_file"] == Path("new.txt")
+    assert built["concurrency"].model_dump() == {"batch": "b", "concurrency": 7}
 
 
 async def test_results_from_a_missing_store_creates_nothing(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import sys
 import textwrap
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -24,9 +23,7 @@ from unittest import mock
 import psycopg
 import pytest
 from psycopg import sql
-from taskpool.infra.store.common import SCHEMA_VERSION, StoreSchemaError, UnknownTaskError
-from taskpool.infra.store.postgres import PostgresTaskStore
-from taskpool.infra.store.sqlite import SqliteTaskStore
+from psycopg_pool import PoolTimeout
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecordUpdate
 from taskpool.domain.tasks import (
@@ -38,7 +35,11 @@ from taskpool.domain.tasks import (
     TaskStatus,
     TokenUsage,
 )
+from taskpool.domain.turns import ChatMessage, ToolCall, TurnRecord
 from taskpool.infra.store import TaskStore, open_store
+from taskpool.infra.store.common import SCHEMA_VERSION, StoreSchemaError, UnknownTaskError
+from taskpool.infra.store.postgres import PostgresTaskStore
+from taskpool.infra.store.sqlite import SqliteTaskStore
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer
@@ -500,119 +501,144 @@ async def test_status_filter_and_batches_are_separate(store: Store) -> None:
     assert summaries[BATCH].created_at == T0
 
 
-EVENT_FOR = {
-    TaskStatus.IN_PROGRESS: EventType.STARTED,
-    TaskStatus.COMPLETED: EventType.COMPLETED,
-    TaskStatus.FAILED: EventType.FAILED,
-}
-
-
-def turn_write(
-    task_id: str, attempt: int, status: TaskStatus, *keys: str, turn: int = 1
-) -> TaskRecordUpdate:
-    """What a model turn writes: conditional on the attempt, replacing its own earlier events."""
+def running_write(task_id: str, attempt: int, *keys: str) -> TaskRecordUpdate:
+    """A write of a running attempt, as a model turn applies it: it may land late."""
     return TaskRecordUpdate(
         batch_id=BATCH,
         task_id=task_id,
-        status=status,
+        status=TaskStatus.IN_PROGRESS,
         attempt=attempt,
-        events=[event(key, EVENT_FOR[status], 3) for key in keys],
-        replaces_events=f"{attempt}:t{turn}:",
+        events=[event(key, EventType.STARTED, 3) for key in keys],
         only_if_current=True,
     )
 
 
-async def test_a_retried_turn_replaces_what_the_lost_try_wrote(store: Store) -> None:
-    await store.register_tasks(register("a"))
-    assigned = event("1:1", EventType.ASSIGNED, 1)
-    first = turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:2", "1:t1:3")
-    first.events.insert(0, assigned)
-    await store.apply([first])
-    # Turn 11's keys share the first characters of turn 1's prefix, and must survive it.
-    await store.apply([turn_write("a", 1, TaskStatus.IN_PROGRESS, "1:t11:4", turn=11)])
-
-    retried = turn_write("a", 1, TaskStatus.FAILED, "1:t1:2")
-    retried.events.insert(0, assigned)
-    await store.apply([retried])
-
-    record = await store.get_task(BATCH, "a", with_events=True)
-    assert record is not None
-    assert record.status is TaskStatus.FAILED
-    assert [(e.key, e.type) for e in record.events] == [
-        ("created", EventType.CREATED),
-        ("1:1", EventType.ASSIGNED),
-        ("1:t11:4", EventType.STARTED),
-        ("1:t1:2", EventType.FAILED),
-    ]
-
-
-async def test_a_workflows_failure_replaces_a_turn_it_never_received(store: Store) -> None:
-    await store.register_tasks(register("a"))
-    lost = turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:2", "1:t1:3")
-    lost.result = "a reply the workflow never saw"
-    await store.apply([lost])
-
-    await store.apply(
-        [
-            TaskRecordUpdate(
-                batch_id=BATCH,
-                task_id="a",
-                status=TaskStatus.FAILED,
-                attempt=1,
-                error=TaskError(code="lost", message="the reply was lost"),
-                events=[event("1:2", EventType.FAILED, 4)],
-                replaces_events="1:t1:",
-            )
-        ]
+def turn(task_id: str, attempt: int, number: int, result: str | None = None) -> TurnRecord:
+    reply = ChatMessage(
+        role="assistant",
+        tool_calls=[
+            ToolCall(id=f"t{number}-0", name="complete_task", arguments={"result": result})
+        ],
+    )
+    return TurnRecord(
+        batch_id=BATCH,
+        task_id=task_id,
+        attempt=attempt,
+        turn=number,
+        messages=[ChatMessage(role="user", content=f"turn {number}"), reply],
+        result=result,
+        at=at(number),
     )
 
-    record = await store.get_task(BATCH, "a", with_events=True)
-    assert record is not None
-    assert record.status is TaskStatus.FAILED
-    assert record.result is None
-    assert [e.key for e in record.events] == ["created", "1:2"]
 
-
-async def test_a_turn_ending_after_a_cancel_or_a_retry_changes_nothing(store: Store) -> None:
-    await store.register_tasks(register("a", "b"))
+async def test_a_late_write_of_a_running_attempt_changes_nothing(store: Store) -> None:
+    await store.register_tasks(register("a", "b", "c"))
     await store.apply(
         [
             TaskRecordUpdate(batch_id=BATCH, task_id="a", status=TaskStatus.CANCELLED, attempt=1),
             TaskRecordUpdate(batch_id=BATCH, task_id="b", status=TaskStatus.ASSIGNED, attempt=2),
+            TaskRecordUpdate(batch_id=BATCH, task_id="c", status=TaskStatus.COMPLETED, attempt=1),
         ]
     )
 
+    # A cancelled task, a later attempt, an attempt that has ended, a task the store lacks.
     await store.apply(
         [
-            turn_write("a", 1, TaskStatus.COMPLETED, "1:t1:1"),
-            turn_write("b", 1, TaskStatus.COMPLETED, "1:t1:1"),
-            turn_write("ghost", 1, TaskStatus.COMPLETED, "1:t1:1"),
+            running_write("a", 1, "1:2"),
+            running_write("b", 1, "1:2"),
+            running_write("c", 1, "1:2"),
+            running_write("ghost", 1, "1:2"),
         ]
     )
 
     a = await store.get_task(BATCH, "a", with_events=True)
     b = await store.get_task(BATCH, "b", with_events=True)
+    c = await store.get_task(BATCH, "c", with_events=True)
     assert a is not None
     assert b is not None
+    assert c is not None
     assert (a.status, [e.key for e in a.events]) == (TaskStatus.CANCELLED, ["created"])
     assert (b.status, b.attempt, [e.key for e in b.events]) == (
         TaskStatus.ASSIGNED,
         2,
         ["created"],
     )
-    # The current attempt's turn lands, in the same call as plain updates.
-    await store.apply(
-        [
-            turn_write("b", 2, TaskStatus.COMPLETED, "2:t1:1"),
-            TaskRecordUpdate(batch_id=BATCH, task_id="a", llm_calls=3),
-        ]
-    )
+    assert (c.status, [e.key for e in c.events]) == (TaskStatus.COMPLETED, ["created"])
+    # The current attempt's write lands, in the same call as plain updates, and again unchanged.
+    for _ in range(2):
+        await store.apply(
+            [
+                running_write("b", 2, "2:1", "2:2"),
+                TaskRecordUpdate(batch_id=BATCH, task_id="a", llm_calls=3),
+            ]
+        )
     b = await store.get_task(BATCH, "b", with_events=True)
     a = await store.get_task(BATCH, "a")
     assert b is not None
     assert a is not None
-    assert (b.status, [e.key for e in b.events]) == (TaskStatus.COMPLETED, ["created", "2:t1:1"])
+    assert (b.status, [e.key for e in b.events]) == (
+        TaskStatus.IN_PROGRESS,
+        ["created", "2:1", "2:2"],
+    )
     assert a.llm_calls == 3
+
+
+async def test_a_retried_turn_keeps_one_reply_and_a_result_comes_from_its_turn(
+    store: Store,
+) -> None:
+    await store.register_tasks(register("a", "b"))
+    await store.save_turn(turn("a", 1, 1))
+    await store.save_turn(turn("a", 1, 2, "a first try"))
+    # The retry of turn 2 replaces what its first try kept.
+    await store.save_turn(turn("a", 1, 2, "the summary"))
+    await store.save_turn(turn("a", 2, 1, "the next attempt's"))
+    await store.save_turn(turn("b", 1, 1, "another task's"))
+
+    stored = await store.conversation(BATCH, "a", 1, before_turn=3)
+    assert stored is not None
+    assert stored.record.task_id == "a"
+    assert stored.record.input == {"text": "input of a"}
+    assert [(t.attempt, t.turn, t.result) for t in stored.turns] == [
+        (1, 1, None),
+        (1, 2, "the summary"),
+    ]
+    assert stored.turns[1] == turn("a", 1, 2, "the summary")
+    earlier = await store.conversation(BATCH, "a", 1, before_turn=2)
+    assert earlier is not None
+    assert [t.turn for t in earlier.turns] == [1]
+    assert await store.conversation(BATCH, "ghost", 1, before_turn=2) is None
+
+    completed = TaskRecordUpdate(
+        batch_id=BATCH,
+        task_id="a",
+        status=TaskStatus.COMPLETED,
+        attempt=1,
+        result_turn=2,
+        events=[event("1:5", EventType.COMPLETED, 5)],
+    )
+    await store.apply([completed])
+    await store.apply([completed])
+    record = await store.get_task(BATCH, "a", with_events=True)
+    assert record is not None
+    assert (record.status, record.result) == (TaskStatus.COMPLETED, "the summary")
+    assert [e.key for e in record.events] == ["created", "1:5"]
+
+    # A failed attempt has no result, whatever a turn of it kept.
+    await store.apply(
+        [
+            TaskRecordUpdate(
+                batch_id=BATCH,
+                task_id="b",
+                status=TaskStatus.FAILED,
+                attempt=1,
+                error=TaskError(code="lost", message="the reply was lost"),
+                events=[event("1:2", EventType.FAILED, 4)],
+            )
+        ]
+    )
+    failed = await store.get_task(BATCH, "b")
+    assert failed is not None
+    assert (failed.status, failed.result) == (TaskStatus.FAILED, None)
 
 
 async def test_unknown_task_rejects_the_whole_update_list(store: Store) -> None:
@@ -754,18 +780,14 @@ async def test_ten_thousand_registrations_in_one_call(store: Store) -> None:
     ids = [f"task-{n:05d}" for n in range(10_000)]
     request = register(*ids, initial=dict.fromkeys(ids[::2], TaskStatus.QUEUED))
 
-    started = time.perf_counter()
     await store.register_tasks(request)
-    elapsed = time.perf_counter() - started
 
-    assert elapsed < 2.0, f"registering 10,000 tasks took {elapsed:.2f} s"
     records = await store.list_tasks(BATCH, with_events=True)
     assert [r.task_id for r in records] == ids
     assert sum(len(r.events) for r in records) == 15_000
-    started = time.perf_counter()
+    # Registering them again finds every one and writes nothing, events included.
     await store.register_tasks(request)
-    assert time.perf_counter() - started < 2.0
-    assert len(await store.list_tasks(BATCH)) == 10_000
+    assert await store.list_tasks(BATCH, with_events=True) == records
 
 
 async def test_concurrent_calls_on_one_store_all_land(store: Store) -> None:
@@ -946,11 +968,27 @@ async def test_postgres_store_that_cannot_connect_fails_fast_without_the_passwor
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         async with PostgresTaskStore(f"postgresql://u:s3cret@127.0.0.1:{port}/tasks") as store:
-            started = time.perf_counter()
             with pytest.raises(psycopg.OperationalError) as raised:
                 await store.list_tasks(BATCH)
-            elapsed = time.perf_counter() - started
 
-    assert elapsed < 5, f"a refused connection took {elapsed:.1f} s to report"
+    # libpq's own reason from the first attempt, not the pool's timeout after retrying for long.
+    assert not isinstance(raised.value, PoolTimeout)
+    assert "refused" in str(raised.value)
     assert str(port) in str(raised.value)
     assert "s3cret" not in str(raised.value)
+
+
+def test_a_postgres_url_without_psycopg_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskpool.infra.store import StoreBackendMissingError, display_url, open_store, store_errors
+
+    # None in sys.modules makes the import fail as it does where psycopg is not installed.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "taskpool.infra.store.postgres", raising=False)
+    with pytest.raises(StoreBackendMissingError, match=r"pip install 'taskpool\[postgres\]'"):
+        open_store("postgresql://user:secret@db.example:5432/tasks")
+    assert StoreBackendMissingError in store_errors()
+    shown = display_url("postgresql://user:secret@db.example:5432/tasks")
+    assert "secret" not in shown
+    assert "db.example:5432/tasks" in shown

@@ -47,7 +47,8 @@ async def test_cli_queries_status_and_pauses_and_resumes(
     temporal_address: str,
     batch_id: str,
 ) -> None:
-    scripted.latency = 0.3
+    # The first two tasks' calls are held until the end: the other ten stay queued.
+    scripted.hold_replies()
     handle = await start_test_batch(
         client, settings, batch_id, documents(12), BatchOptions(concurrency=2)
     )
@@ -57,6 +58,10 @@ async def test_cli_queries_status_and_pauses_and_resumes(
     assert status["concurrency"] == 2
     assert set(status["counts"]) >= {"queued", "completed", "failed", "cancelled"}
 
+    async def two_calls_held() -> None:
+        assert scripted.in_flight == 2
+
+    await eventually(two_calls_held)
     await temporal(
         temporal_address,
         "workflow",
@@ -80,6 +85,11 @@ async def test_cli_queries_status_and_pauses_and_resumes(
     )
     assert len(page["items"]) <= 3
     assert all(item["status"] == "queued" for item in page["items"])
+    # The first three of the ten queued, in the batch's order.
+    assert page["total"] == 10
+    assert [item["id"] for item in page["items"]] == ["doc-2", "doc-3", "doc-4"]
+    assert all(item["attempts"] == 0 for item in page["items"])
+    scripted.release_replies()
 
     # resume takes no argument at all
     await temporal(

@@ -4,8 +4,10 @@ batch itself."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from activities.webhooks import (
 )
 from taskpool.client import batches
 from taskpool.client.batches import batch_status
+from taskpool.domain import names
 from taskpool.domain.batch import AgentSettings, BatchOptions, BatchState, WebhookDelivery
 from taskpool.domain.tasks import TaskSpec
 from taskpool.infra.settings import Settings, SettingsError
@@ -44,10 +47,14 @@ from tests.support import (
 SECRET = "a shared secret"  # noqa: S105 (the test's own)
 
 
+# An answer in `Receiver.answers` that is no answer: the connection is closed without a response.
+DROP = 0
+
+
 @dataclass
 class Receiver:
     """A webhook endpoint: answers with the statuses queued in `answers` (then 204), and keeps
-    every request it was sent."""
+    every request it was sent. It takes any path under its URL."""
 
     url: str = ""
     answers: list[int] = field(default_factory=list)
@@ -55,7 +62,11 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((dict(request.headers), await request.read()))
-        return web.Response(status=self.answers.pop(0) if self.answers else 204)
+        answer = self.answers.pop(0) if self.answers else 204
+        if answer == DROP and request.transport is not None:
+            request.transport.close()
+        # Not written after a DROP: the transport is closed, so aiohttp drops the response.
+        return web.Response(status=answer or 204)
 
     def deliveries(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.received]
@@ -66,6 +77,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     endpoint = Receiver()
     app = web.Application()
     app.router.add_post("/hooks", endpoint.handle)
+    app.router.add_post("/hooks/{token}", endpoint.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -217,3 +229,90 @@ async def test_a_batch_cancelled_from_temporal_still_announces_its_end(
     assert finished["counts"]["cancelled"] == 1
     # Without a secret the delivery goes unsigned.
     assert SIGNATURE_HEADER not in receiver.received[0][0]
+
+
+async def test_a_delivery_is_retried_after_408_429_and_no_answer_and_lands_once(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    receiver: Receiver,
+    batch_id: str,
+) -> None:
+    configured = settings.model_copy(
+        update={"webhook_url": SecretStr(receiver.url), "webhook_secret": SecretStr(SECRET)}
+    )
+    receiver.answers = [408, 429, DROP, 200]
+    async with running_worker(client, configured):
+        handle = await start_test_batch(client, settings, batch_id, documents(1))
+        assert (await result_in_time(handle)).state is BatchState.COMPLETED
+        deliveries = client.get_workflow_handle(
+            names.webhook_workflow_id(batch_id, 1), result_type=bool
+        )
+        # Retried after 2, 4 and 8 s.
+        delivered = await asyncio.wait_for(deliveries.result(), timeout=60)
+
+    assert delivered is True
+    # Every try carried the same delivery, so a receiver keying on its id takes it once.
+    assert len(receiver.received) == 4
+    assert {headers[DELIVERY_HEADER] for headers, _ in receiver.received} == {
+        names.webhook_workflow_id(batch_id, 1)
+    }
+    assert len({body for _, body in receiver.received}) == 1
+    for headers, body in receiver.received:
+        assert verify_signature(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    (finished, *_) = receiver.deliveries()
+    assert (finished["event"], finished["state"]) == ("batch.finished", "completed")
+
+
+async def test_the_endpoint_and_secret_stay_out_of_every_history_of_a_batch(
+    client: Client,
+    settings: Settings,
+    scripted: ScriptedModelServer,
+    receiver: Receiver,
+    batch_id: str,
+) -> None:
+    token = f"token-{uuid.uuid4().hex}"
+    secret = f"secret-{uuid.uuid4().hex}"
+    configured = settings.model_copy(
+        update={
+            "webhook_url": SecretStr(f"{receiver.url}/{token}"),
+            "webhook_secret": SecretStr(secret),
+        }
+    )
+    # Several batch runs, so that the state carried across continue-as-new is looked at too.
+    options = BatchOptions(concurrency=1, continue_as_new_after=1)
+    async with running_worker(client, configured):
+        handle = await start_test_batch(client, settings, batch_id, documents(3), options)
+        assert (await result_in_time(handle)).state is BatchState.COMPLETED
+
+        async def announced() -> None:
+            assert len(receiver.received) == 1
+
+        await eventually(announced)
+    headers, body = receiver.received[0]
+    assert verify_signature(secret, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+
+    expected = {
+        batch_id,
+        names.webhook_workflow_id(batch_id, 1),
+        *(names.task_workflow_id(batch_id, f"doc-{i}", 1) for i in range(3)),
+    }
+
+    async def every_run_listed() -> list[tuple[str, str]]:
+        runs = [
+            (execution.id, execution.run_id)
+            async for execution in client.list_workflows(f"WorkflowId STARTS_WITH '{batch_id}'")
+        ]
+        assert {workflow_id for workflow_id, _ in runs} == expected
+        assert sum(1 for workflow_id, _ in runs if workflow_id == batch_id) >= 2
+        return runs
+
+    for workflow_id, run_id in await eventually(every_run_listed):
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        # Payloads as stored: the raw bytes of every event, not a rendering that might encode them.
+        stored = b"".join(event.SerializeToString() for event in history.events)
+        if workflow_id == names.webhook_workflow_id(batch_id, 1):
+            # The delivery's payload is there to be seen: the search reads payloads.
+            assert b'"event":"batch.finished"' in stored
+        for hidden in (token, secret, receiver.url):
+            assert hidden.encode() not in stored, f"{hidden!r} is in {workflow_id}'s history"

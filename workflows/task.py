@@ -1,23 +1,28 @@
 """TaskWorkflow: one task's agent loop.
 
-Each LLM turn is one activity (a local one when the batch sets `model_calls="local"`). The model
-drives the task through lifecycle tools bound to this one task; every tool call in a reply is
-applied in order, so a simple task costs a single LLM call. The LLM activity reads the task's
-definition from the task store on every turn (a definition can be large, so it stays out of every
-history and of this workflow's input), applies the reply's tool calls to the attempt's state and
-records them in the store in the same activity; the workflow adopts the state it returns. What the
-workflow decides itself (a turn limit, a failed model call, a cancellation) it records with a local
-activity. In a batch with review, complete_task ends the attempt with its result waiting in
-`review` instead: the batch approves it, or starts a new attempt that is given the reviewer's
-feedback. The workflow returns its outcome, which the batch run that started it awaits. A child
-handed over to a later run of the batch (see workflows/batch.py) reports by signal instead, as does
-a cancelled one.
+The workflow owns the loop and decides every transition with the pure TaskLedger, on
+`workflow.now()`. Each model turn is one activity (a local one when the batch sets
+`model_calls="local"`; TurnRunner is where that is chosen). A turn is told which task, attempt and
+turn it is, the follow-up messages this workflow decided after the previous turn, and the
+attempt's due store write, which it applies before the model call. It keeps the model's reply in
+the task store and answers with what the workflow needs to decide: the tool calls, without a
+complete_task's result (the store has it under the turn). Every tool call in a reply is applied in
+order, so a simple task costs a single model call and a single activity.
+
+The attempt's last store write is not done here: the outcome carries it (`TaskOutcome.record`) and
+the batch queues it with its own writes. A cancelled attempt writes its record itself, with a local
+activity, as does a report by signal that no batch takes: both are rare, and the store should not
+depend on a batch that may be gone. In a batch with review, complete_task ends the attempt with its
+result waiting in `review` instead: the batch approves it, or starts a new attempt that is given
+the reviewer's feedback. The workflow returns its outcome, which the batch run that started it
+awaits. A child handed over to a later run of the batch (see workflows/batch.py) reports by signal
+instead, as does a cancelled one. docs/design.md, "One way per turn", gives the reasons.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -34,17 +39,17 @@ with workflow.unsafe.imports_passed_through():
         llm_activity_options,
         llm_local_activity_options,
     )
-    from taskpool.domain.batch import ChildControl, TaskOutcome, TaskRef, TaskRunInput
-    from taskpool.domain.ledger import TaskLedger, turn_event_prefix
-    from taskpool.domain.records import RecordTasksRequest
-    from taskpool.domain.tasks import EventType, TaskProgress, TaskStatus
-    from taskpool.domain.turns import (
-        ChatMessage,
-        ChatTurnRequest,
-        ChatTurnResult,
-        DefinitionRef,
-        TurnLifecycle,
+    from taskpool.domain.batch import (
+        AgentSettings,
+        ChildControl,
+        TaskOutcome,
+        TaskRef,
+        TaskRunInput,
     )
+    from taskpool.domain.ledger import TaskLedger
+    from taskpool.domain.records import RecordTasksRequest, TaskRecordUpdate
+    from taskpool.domain.tasks import EventType, TaskProgress, TaskStatus
+    from taskpool.domain.turns import ChatMessage, TurnReply, TurnRequest
 
 
 @workflow.defn(name=names.TASK_WORKFLOW)
@@ -53,19 +58,14 @@ class TaskWorkflow:
     def __init__(self, request: TaskRunInput) -> None:
         self._request = request
         self._task_id = request.task_id
-        self._ledger = TaskLedger.begin(
+        self._ledger = TaskLedger(
             request.batch_id,
             request.task_id,
             request.attempt,
             clock=workflow.now,
             review=request.agent.review,
         )
-        # Children started before turns recorded themselves keep recording every turn in the
-        # workflow, as their histories did (see TaskRunInput).
-        self._turns_record_themselves = request.turns_record_themselves
-        # A turn whose activity may have recorded a reply this workflow never took (its
-        # completion lost, or the task cancelled meanwhile): the next store write replaces it.
-        self._unadopted_turn: int | None = None
+        self._turns = turn_runner(request.agent)
         self._paused = False
         self._report_by_signal = False
         self._returned = False
@@ -86,19 +86,17 @@ class TaskWorkflow:
             self._ledger.finish(
                 TaskStatus.CANCELLED, error=None, message="cancelled with the batch"
             )
-            await self._flush()
-            await self._report()
+            await self._write(self._ledger.take_update())
+            await self._report(self._outcome())
             raise
-        # Whatever ended the loop noted an event unless a recorded turn ended it.
-        if self._ledger.has_unrecorded:
-            await self._flush()
         # The decision point: from here on a hand-over message is refused (see control()), so
         # the run that started this child waits for its completion instead.
         self._returned = True
+        outcome = self._outcome(record=self._ledger.take_update())
         if self._report_by_signal:
-            await self._report()
+            await self._report(outcome)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._outcome_for_batch()
+        return outcome
 
     @workflow.signal(name=names.CONTROL)
     async def control(self, command: ChildControl) -> None:
@@ -120,25 +118,15 @@ class TaskWorkflow:
 
     async def _agent_loop(self) -> None:
         settings = self._request.agent
-        # The conversation after its opening messages, which the activity builds from the
-        # definition on every turn.
-        messages: list[ChatMessage] = []
+        follow_ups: list[ChatMessage] = []
         nudged = False
         for turn in range(1, settings.max_turns + 1):
-            # A paused batch starts no new LLM call; a turn already running may finish.
+            # A paused batch starts no new model call; a turn already running may finish.
             await workflow.wait_condition(lambda: not self._paused)
-            reply = await self._chat_turn(messages, turn)
+            reply = await self._turn(turn, follow_ups)
             if reply is None:
                 return
-            messages.append(
-                ChatMessage(role="assistant", content=reply.content, tool_calls=reply.tool_calls)
-            )
-            if reply.recorded is not None:
-                self._ledger.adopt(reply.recorded.state)
-                self._unadopted_turn = None
-                messages.extend(reply.recorded.tool_replies)
-            else:
-                messages.extend(self._ledger.apply_calls(reply.tool_calls))
+            follow_ups = self._ledger.apply_calls(turn, reply.tool_calls)
             if self._ledger.state.status.ends_attempt:
                 return
             if not reply.tool_calls:
@@ -150,37 +138,28 @@ class TaskWorkflow:
                     )
                     return
                 nudged = True
-                messages.append(ChatMessage(role="user", content=agents.NUDGE))
-            if reply.recorded is None:
-                await self._flush()
+                follow_ups.append(ChatMessage(role="user", content=agents.NUDGE))
         self._ledger.fail(
             "turn_limit",
             f"the model did not finish the task within {settings.max_turns} turns",
         )
 
-    async def _chat_turn(self, messages: list[ChatMessage], turn: int) -> ChatTurnResult | None:
+    async def _turn(self, turn: int, follow_ups: list[ChatMessage]) -> TurnReply | None:
+        """Run one model turn; None when it failed, and the ledger says how."""
         settings = self._request.agent
-        lifecycle = None
-        if self._turns_record_themselves:
-            self._unadopted_turn = turn
-            lifecycle = TurnLifecycle(
-                attempt=self._request.attempt,
-                state=self._ledger.state,
-                unrecorded=self._ledger.unrecorded,
-                review=settings.review,
-            )
-        request = ChatTurnRequest(
-            task_key=f"{self._request.batch_id}/{self._task_id}",
+        request = TurnRequest(
+            batch_id=self._request.batch_id,
+            task_id=self._task_id,
+            attempt=self._request.attempt,
             turn=turn,
-            messages=messages,
-            definition=DefinitionRef(batch_id=self._request.batch_id, task_id=self._task_id),
             model=settings.model,
             timeout_seconds=settings.llm_timeout_seconds,
             rework_feedback=self._request.rework_feedback,
-            lifecycle=lifecycle,
+            follow_ups=follow_ups,
+            record=self._ledger.pending_update(),
         )
         try:
-            reply = await self._run_turn(request)
+            reply = await self._turns.run(request)
         except FailureError as err:
             if is_cancelled_exception(err):
                 # The turn was cancelled because this workflow is: handled as a cancellation.
@@ -194,74 +173,84 @@ class TaskWorkflow:
                 detail = f"the model call failed: {detail}"
             self._ledger.fail(code, detail)
             return None
-        if reply.recorded is not None:
-            return reply
+        # The turn applied the due write before it called the model.
+        self._ledger.recorded()
         self._ledger.count_call(reply.usage)
-        if reply.finish_reason == "content_filter":
-            self._ledger.fail("content_filter", "the provider's content filter stopped the reply")
-            return None
         return reply
 
-    async def _run_turn(self, request: ChatTurnRequest) -> ChatTurnResult:
-        settings = self._request.agent
-        reply: ChatTurnResult
-        if settings.model_calls == "local":
-            reply = await workflow.execute_local_activity(
-                names.CHAT_TURN,
-                request,
-                result_type=ChatTurnResult,
-                **llm_local_activity_options(settings),
-            )
-        else:
-            reply = await workflow.execute_activity(
-                names.CHAT_TURN,
-                request,
-                result_type=ChatTurnResult,
-                **llm_activity_options(settings),
-            )
-        return reply
+    # --- reports and the task store ---------------------------------------------------------------
 
-    # --- the task store ---------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        """Write what changed since the last write as one idempotent store write."""
-        update = self._ledger.take_update()
-        if self._unadopted_turn is not None:
-            # The store must show what this workflow decided, not a reply it never saw.
-            update.replaces_events = turn_event_prefix(self._request.attempt, self._unadopted_turn)
-            self._unadopted_turn = None
+    async def _write(self, update: TaskRecordUpdate) -> None:
         await workflow.execute_local_activity(
             names.RECORD_TASKS, RecordTasksRequest(updates=[update]), **STORE_WRITE_OPTIONS
         )
 
-    async def _report(self) -> None:
-        await self._signal_batch(names.TASK_FINISHED, self._outcome_for_batch())
+    async def _report(self, outcome: TaskOutcome) -> None:
+        taken = await self._signal_batch(names.TASK_FINISHED, outcome)
+        if not taken and outcome.record is not None:
+            # Nobody is left to queue the attempt's last write: the store still gets it.
+            await self._write(outcome.record)
 
-    def _outcome_for_batch(self) -> TaskOutcome:
-        # The batch needs the outcome, not the result: results live in the store.
-        outcome = self._outcome()
-        outcome.result = None
-        return outcome
-
-    async def _signal_batch(self, name: str, payload: Any) -> None:
+    async def _signal_batch(self, name: str, payload: Any) -> bool:
         batch = workflow.get_external_workflow_handle(self._request.batch_id)
         try:
             await batch.signal(name, payload)
         except FailureError as err:
-            # The batch is gone (terminated, or its id reused): nobody is left to tell, and the
-            # store already has the outcome.
+            # The batch is gone (terminated, or its id reused): nobody is left to tell.
             workflow.logger.warning("Batch %s did not take the report: %s", batch.id, err)
+            return False
+        return True
 
-    def _outcome(self) -> TaskOutcome:
+    def _outcome(self, record: TaskRecordUpdate | None = None) -> TaskOutcome:
+        # No result: the store has it, under the turn that gave it.
         state = self._ledger.state
         return TaskOutcome(
             task_id=self._task_id,
             attempt=self._request.attempt,
             status=state.status,
-            result=state.result,
             error=state.error,
             usage=state.usage,
             llm_calls=state.llm_calls,
             started_at=state.started_at,
             completed_at=state.completed_at,
+            record=record,
         )
+
+
+class TurnRunner(Protocol):
+    async def run(self, request: TurnRequest) -> TurnReply: ...
+
+
+class ActivityTurns:
+    """Each model turn an activity: heartbeats notice a lost worker, and the server's task-queue
+    rate limit applies."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self._options = llm_activity_options(settings)
+
+    async def run(self, request: TurnRequest) -> TurnReply:
+        reply: TurnReply = await workflow.execute_activity(
+            names.CHAT_TURN, request, result_type=TurnReply, **self._options
+        )
+        return reply
+
+
+class LocalActivityTurns:
+    """Each model turn a local activity inside the workflow task: fewer server round trips per
+    turn, for short model calls; the workflow-task timeout notices a lost worker instead."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self._options = llm_local_activity_options(settings)
+
+    async def run(self, request: TurnRequest) -> TurnReply:
+        reply: TurnReply = await workflow.execute_local_activity(
+            names.CHAT_TURN, request, result_type=TurnReply, **self._options
+        )
+        return reply
+
+
+def turn_runner(settings: AgentSettings) -> TurnRunner:
+    """How this task's model turns run: the one place the batch's `model_calls` is read here."""
+    if settings.model_calls == "local":
+        return LocalActivityTurns(settings)
+    return ActivityTurns(settings)

@@ -10,27 +10,35 @@ from collections.abc import Sequence
 
 from temporalio.service import RPCError
 
-from taskpool.cli.commands import COMMANDS, Context
-from taskpool.cli.demo import demo
-from taskpool.cli.errors import FAILED, INTERRUPTED, USAGE, CliError
+from taskpool.cli.command import COMMAND_DEST
+from taskpool.cli.commands import COMMANDS
+from taskpool.cli.context import Context
+from taskpool.cli.errors import FAILED, INTERRUPTED, USAGE, CliError, cli_error
 from taskpool.cli.parser import PROG, build_parser
+from taskpool.client.errors import ClientError
+
+_BY_NAME = {command.name: command for command in COMMANDS}
 
 
 def run(argv: Sequence[str], ctx: Context | None = None) -> int:
     """Run the command in `argv` (without the program name); returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        namespace = parser.parse_args(argv)
     except SystemExit as stop:
         # argparse exits 0 after --help and 2 after a usage error, having printed either.
         return stop.code if isinstance(stop.code, int) else USAGE
     ctx = ctx or Context()
+    command = _BY_NAME[getattr(namespace, COMMAND_DEST)]
     try:
-        command = demo if args.command == "demo" else COMMANDS[args.command]
-        return asyncio.run(command(ctx, args))
+        return asyncio.run(command(ctx, namespace))
     except CliError as err:
         _complain(ctx, err.message)
         return err.code
+    except ClientError as err:
+        problem = cli_error(err)
+        _complain(ctx, problem.message)
+        return problem.code
     except RPCError as err:
         # What the commands did not foresee is still Temporal's answer, not a crash.
         _complain(ctx, f"Temporal could not do it: {err.message}")

@@ -17,8 +17,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from taskpool.cli.snapshot import Snapshot, finished_count
-from taskpool.client.batches import BatchListing
+from taskpool.client.listing import BatchListing
+from taskpool.client.snapshot import Snapshot, finished_count
 from taskpool.domain.batch import BatchResult, BatchState, BatchStatus, TaskView
 from taskpool.domain.records import TaskRecord
 from taskpool.domain.tasks import TaskEvent, TaskStatus, TokenUsage

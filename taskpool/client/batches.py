@@ -1,4 +1,9 @@
-"""Client-side operations on batches, shared by starter.py, the demo, tests and benchmarks."""
+"""The batch workflow's own operations: start it (definitions to the store first), signal it,
+update it and query it, one call each, raising what the Temporal SDK raises.
+
+The typed layer of the client (`starting`, `steering`, `reading`) builds on these and turns the
+SDK's errors into ClientErrors; tests and benchmarks use these directly.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 
+from taskpool.client.errors import RequestError
 from taskpool.domain import names
 from taskpool.domain.batch import (
     BatchOptions,
     BatchResult,
     BatchRun,
-    BatchState,
     BatchStatus,
     TaskPage,
     TaskView,
@@ -38,9 +43,8 @@ from taskpool.domain.requests import (
 )
 from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, TaskTable
 from taskpool.domain.task_columns import STATUS_BY_CODE, TaskColumns, TaskEntry
-from taskpool.domain.tasks import TaskInput, TaskProgress, TaskSpec, TaskStatus
+from taskpool.domain.tasks import TaskInput, TaskSpec, TaskStatus
 from taskpool.infra.store import TaskStore, opened_store
-from taskpool.infra.temporal_connection import status_text
 
 T = TypeVar("T")
 
@@ -51,7 +55,9 @@ MAX_START_BYTES = 1_000_000
 REGISTER_CHUNK = 1000
 
 
-class BatchTooLargeError(ValueError):
+class BatchTooLargeError(RequestError, ValueError):
+    """The batch would not fit what one batch workflow can carry."""
+
     @classmethod
     def by_size(cls, size: int, tasks: int) -> BatchTooLargeError:
         per_task = max(size / max(tasks, 1), 0.001)
@@ -84,9 +90,7 @@ def _entries(tasks: Sequence[TaskSpec]) -> list[TaskEntry]:
 
 
 def _packed_run(columns: TaskColumns, options: BatchOptions | None, *, settled: bool) -> BatchRun:
-    run = BatchRun(
-        tasks=pack(columns), options=options or BatchOptions(), registered=settled, webhooks=True
-    )
+    run = BatchRun(tasks=pack(columns), options=options or BatchOptions(), registered=settled)
     size = len(run.model_dump_json())
     if size > MAX_START_BYTES:
         raise BatchTooLargeError.by_size(size, len(columns))
@@ -204,56 +208,13 @@ def batch_handle(client: Client, batch_id: str) -> WorkflowHandle[object, BatchR
     return client.get_workflow_handle(batch_id, result_type=BatchResult)
 
 
-@dataclass(frozen=True)
-class BatchListing:
-    """A batch as Temporal's visibility store lists it."""
-
-    batch_id: str
-    # The batch's own state while it runs or once it ended; how its workflow closed when the
-    # batch could not say (terminated, timed out).
-    state: str
-    progress: int | None
-    # The current run's start: a batch that continued as new started earlier.
-    run_started_at: datetime
-    closed_at: datetime | None
-
-
-async def list_batches(
-    client: Client, *, state: BatchState | None = None, limit: int = 50
-) -> list[BatchListing]:
-    """Batches, newest run first. A batch that continued as new is listed once, by its current
-    or last run."""
-    query = f"WorkflowType = '{names.BATCH_WORKFLOW}' AND ExecutionStatus != 'ContinuedAsNew'"
-    if state is not None:
-        query += f" AND {names.BATCH_STATE_ATTRIBUTE.name} = '{state.value}'"
-        if state in (BatchState.RUNNING, BatchState.PAUSED):
-            query += " AND ExecutionStatus = 'Running'"
-    listed = []
-    async for execution in client.list_workflows(query, limit=limit):
-        attributes = execution.typed_search_attributes
-        # The batch keeps the attribute current while it runs and sets it as it ends; a run
-        # ended from outside (terminated, timed out) leaves it as it was.
-        own_state = attributes.get(names.BATCH_STATE_ATTRIBUTE)
-        batch_said = execution.status in (
-            WorkflowExecutionStatus.RUNNING,
-            WorkflowExecutionStatus.COMPLETED,
-            WorkflowExecutionStatus.CANCELED,
-        )
-        listed.append(
-            BatchListing(
-                batch_id=execution.id,
-                state=own_state if own_state and batch_said else status_text(execution.status),
-                progress=attributes.get(names.BATCH_PROGRESS_ATTRIBUTE),
-                run_started_at=execution.start_time,
-                closed_at=execution.close_time,
-            )
-        )
-    return listed
-
-
-async def batch_status(client: Client, batch_id: str) -> BatchStatus:
+async def batch_status(
+    client: Client, batch_id: str, *, rpc_timeout: timedelta | None = None
+) -> BatchStatus:
+    """The batch's status, asked of the batch (a worker answers). `rpc_timeout` bounds the wait:
+    without a worker the server holds the call until its own deadline (about 30 s)."""
     answer: BatchStatus = await batch_handle(client, batch_id).query(
-        names.STATUS, result_type=BatchStatus
+        names.STATUS, result_type=BatchStatus, rpc_timeout=rpc_timeout
     )
     return answer
 
@@ -273,19 +234,9 @@ async def cancel_batch(client: Client, batch_id: str, reason: str | None = None)
 # --- Reading a batch ---------------------------------------------------------------------------
 
 # A query needs a worker to answer it; without one the server holds the call until its own
-# deadline (about 30 s). Readers would rather hear sooner that nobody answers.
+# deadline (about 30 s). Readers that tell people so would rather hear sooner.
 QUERY_TIMEOUT = timedelta(seconds=10)
 TASK_PAGE_SIZE = 1000
-
-
-async def query_status(
-    client: Client, batch_id: str, *, rpc_timeout: timedelta | None = QUERY_TIMEOUT
-) -> BatchStatus:
-    """`batch_status` with a deadline, for callers that tell people when no worker answers."""
-    answer: BatchStatus = await batch_handle(client, batch_id).query(
-        names.STATUS, result_type=BatchStatus, rpc_timeout=rpc_timeout
-    )
-    return answer
 
 
 async def task_page(
@@ -322,22 +273,6 @@ async def iter_tasks(
         offset += len(page.items)
         if not page.items or offset >= page.total:
             return
-
-
-async def task_progress(
-    client: Client,
-    batch_id: str,
-    task_id: str,
-    attempt: int,
-    *,
-    rpc_timeout: timedelta | None = QUERY_TIMEOUT,
-) -> TaskProgress:
-    """The progress a running task's agent last reported, asked of its own workflow."""
-    handle = client.get_workflow_handle(names.task_workflow_id(batch_id, task_id, attempt))
-    answer: TaskProgress = await handle.query(
-        names.TASK_PROGRESS, result_type=TaskProgress, rpc_timeout=rpc_timeout
-    )
-    return answer
 
 
 # --- Changing a batch: updates are validated by the batch before they touch its history -------

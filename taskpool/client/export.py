@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
+from taskpool.client.errors import ExportError
 from taskpool.domain.records import TaskRecord
+
+Row = Callable[[TaskRecord], dict[str, Any]]
 
 
 def result_row(record: TaskRecord) -> dict[str, Any]:
@@ -51,17 +55,22 @@ def task_row(record: TaskRecord) -> dict[str, Any]:
     return row
 
 
-def write_jsonl(
-    records: Iterable[TaskRecord],
-    out: TextIO,
-    row: Callable[[TaskRecord], dict[str, Any]] = result_row,
-) -> int:
+def write_jsonl(records: Iterable[TaskRecord], out: TextIO, row: Row = result_row) -> int:
     """Write one line per record (a result row, or what `row` makes of it); returns how many."""
     count = 0
     for record in records:
         out.write(json.dumps(row(record), ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+def export_jsonl(records: Iterable[TaskRecord], path: Path, row: Row = result_row) -> int:
+    """write_jsonl to the file at `path`; ExportError when it cannot be written."""
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            return write_jsonl(records, out, row)
+    except OSError as err:
+        raise ExportError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _time(value: datetime | None) -> str | None:

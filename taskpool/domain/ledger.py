@@ -1,9 +1,9 @@
 """One attempt of a task as its agent drives it: the lifecycle tools, the attempt's state and the
-store write that records each change.
+store writes that record each change.
 
-Pure, with the clock passed in, so the task workflow (with `workflow.now`) and the LLM activity
-(with the wall clock) run the same code: whichever of them applies a reply's tool calls, the
-attempt ends up the same.
+Pure, with the clock passed in. The task workflow runs it with `workflow.now`, and nothing else
+does: every transition of an attempt is decided in the workflow (docs/design.md, "One way per
+turn").
 """
 
 from __future__ import annotations
@@ -26,80 +26,57 @@ from taskpool.domain.transitions import transition
 from taskpool.domain.turns import AttemptState, ChatMessage, ToolCall
 
 
-def workflow_event_prefix(attempt: int) -> str:
-    """Keys of the events the task workflow notes itself: `<attempt>:<n>`."""
-    return f"{attempt}:"
-
-
-def turn_event_prefix(attempt: int, turn: int) -> str:
-    """Keys of the events a model turn notes: `<attempt>:t<turn>:<n>`, so a retried turn can
-    replace exactly what an earlier try of it wrote."""
-    return f"{attempt}:t{turn}:"
-
-
 class TaskLedger:
     def __init__(
         self,
         batch_id: str,
         task_id: str,
         attempt: int,
-        state: AttemptState,
         *,
         clock: Callable[[], datetime],
-        event_prefix: str,
-        unrecorded: TaskRecordUpdate | None = None,
         review: bool = False,
     ) -> None:
         self._batch_id = batch_id
         self._task_id = task_id
         self._attempt = attempt
         self._clock = clock
-        self._event_prefix = event_prefix
         self._review = review
-        self.state = state
-        self.unrecorded = unrecorded or self._blank_update()
-
-    @classmethod
-    def begin(
-        cls,
-        batch_id: str,
-        task_id: str,
-        attempt: int,
-        *,
-        clock: Callable[[], datetime],
-        review: bool = False,
-    ) -> TaskLedger:
         # An attempt's clock starts when its run starts, so its duration includes the model's time.
         started_at = clock()
-        return cls(
-            batch_id,
-            task_id,
-            attempt,
-            AttemptState(started_at=started_at),
-            clock=clock,
-            event_prefix=workflow_event_prefix(attempt),
-            unrecorded=TaskRecordUpdate(batch_id=batch_id, task_id=task_id, started_at=started_at),
-            review=review,
+        self.state = AttemptState(started_at=started_at)
+        self._unrecorded = TaskRecordUpdate(
+            batch_id=batch_id, task_id=task_id, started_at=started_at
         )
 
-    @property
-    def has_unrecorded(self) -> bool:
-        # Every change outside a model turn notes an event; a turn's usage travels with the turn.
-        return bool(self.unrecorded.events)
+    # --- store writes -----------------------------------------------------------------------------
 
-    def adopt(self, state: AttemptState) -> None:
-        """Take the state a model turn applied and recorded in the store."""
-        self.state = state
-        self.unrecorded = self._blank_update()
+    def pending_update(self) -> TaskRecordUpdate:
+        """The store write due now, for the next model turn to apply before its call.
+
+        It stays due until `recorded()`: a turn that fails or is cancelled may not have written
+        it, so the attempt's final write repeats it (writes are idempotent). The workflow changes
+        nothing in the ledger while the turn runs. The turn's activity may still apply it after
+        the attempt has moved on (its workflow cancelled meanwhile), so the store skips it then.
+        """
+        update = self._stamped(self._unrecorded.model_copy(deep=True))
+        update.only_if_current = True
+        return update
+
+    def recorded(self) -> None:
+        """The pending update is in the store: its turn came back."""
+        self._unrecorded = self._blank_update()
 
     def take_update(self) -> TaskRecordUpdate:
-        """Everything that changed since the last take, as one idempotent store write."""
-        update = self.unrecorded
+        """Everything that changed since the last recorded write, as one idempotent store write."""
+        update = self._stamped(self._unrecorded)
+        self._unrecorded = self._blank_update()
+        return update
+
+    def _stamped(self, update: TaskRecordUpdate) -> TaskRecordUpdate:
         update.status = self.state.status
         update.attempt = self._attempt
         update.usage = self.state.usage
         update.llm_calls = self.state.llm_calls
-        self.unrecorded = self._blank_update()
         return update
 
     def _blank_update(self) -> TaskRecordUpdate:
@@ -111,19 +88,19 @@ class TaskLedger:
         self.state.llm_calls += 1
         self.state.usage = self.state.usage + usage
 
-    def apply_calls(self, calls: Sequence[ToolCall]) -> list[ChatMessage]:
-        """Apply a reply's tool calls in order until one ends the attempt; returns what each call
-        tells the model."""
+    def apply_calls(self, turn: int, calls: Sequence[ToolCall]) -> list[ChatMessage]:
+        """Apply the tool calls of `turn`'s reply in order until one ends the attempt; returns
+        what each call tells the model."""
         replies: list[ChatMessage] = []
         for call in calls:
             if self.state.status.ends_attempt:
                 break
             replies.append(
-                ChatMessage(role="tool", tool_call_id=call.id, content=self._apply(call))
+                ChatMessage(role="tool", tool_call_id=call.id, content=self._apply(turn, call))
             )
         return replies
 
-    def _apply(self, call: ToolCall) -> str:
+    def _apply(self, turn: int, call: ToolCall) -> str:
         if call.arguments_error:
             return f"error: the arguments of {call.name} were not valid: {call.arguments_error}"
         args = call.arguments
@@ -141,10 +118,11 @@ class TaskLedger:
             self._report_progress(float(percent), step if isinstance(step, str) else None)
             return "progress recorded"
         if call.name == agents.COMPLETE_TASK:
-            if "result" not in args or args["result"] in (None, ""):
+            if not call.has_result:
                 return "error: complete_task needs a non-empty result"
             self._start_if_needed()
-            self.state.result = args["result"]
+            # The result itself is in the store, under this turn.
+            self.state.result_turn = turn
             if self._review:
                 self._submit_for_review()
                 return "result submitted for review"
@@ -161,9 +139,9 @@ class TaskLedger:
 
     def note(self, event_type: EventType, message: str | None, **data: Any) -> None:
         self.state.event_seq += 1
-        self.unrecorded.events.append(
+        self._unrecorded.events.append(
             TaskEvent(
-                key=f"{self._event_prefix}{self.state.event_seq}",
+                key=f"{self._attempt}:{self.state.event_seq}",
                 type=event_type,
                 at=self._clock(),
                 message=message,
@@ -184,8 +162,8 @@ class TaskLedger:
         state.completed_at = self._clock()
         if status is TaskStatus.COMPLETED:
             self._record_result()
-        self.unrecorded.error = error
-        self.unrecorded.completed_at = state.completed_at
+        self._unrecorded.error = error
+        self._unrecorded.completed_at = state.completed_at
         self.note(EventType(status.value), message)
 
     def _submit_for_review(self) -> None:
@@ -197,8 +175,8 @@ class TaskLedger:
     def _record_result(self) -> None:
         state = self.state
         state.progress = TaskProgress(percent=100.0, step=state.progress.step, eta_seconds=0)
-        self.unrecorded.progress = state.progress
-        self.unrecorded.result = state.result
+        self._unrecorded.progress = state.progress
+        self._unrecorded.result_turn = state.result_turn
 
     def _start_if_needed(self) -> None:
         # A model may go straight to complete_task; the lifecycle still passes through in_progress.
@@ -213,5 +191,5 @@ class TaskLedger:
         elapsed = (self._clock() - self.state.started_at).total_seconds()
         eta = elapsed * (100 - percent) / percent if percent > 0 else None
         self.state.progress = TaskProgress(percent=percent, step=step, eta_seconds=eta)
-        self.unrecorded.progress = self.state.progress
+        self._unrecorded.progress = self.state.progress
         self.note(EventType.PROGRESS, step, percent=percent)

@@ -1,6 +1,7 @@
 """Names shared by workflows, activities, the worker and the starter.
 
-Handler names are a public API: people type them in the Temporal UI and CLI (DESIGN.md section 4).
+Handler names are a public API: people type them in the Temporal UI and CLI (docs/design.md
+section 4).
 """
 
 from __future__ import annotations

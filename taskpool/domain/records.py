@@ -29,6 +29,10 @@ class TaskRecordUpdate(StrictModel):
     attempt: int | None = None
     progress: TaskProgress | None = None
     result: JsonValue = None
+    # The turn of this update's attempt whose stored complete_task result becomes the task's
+    # result (taskpool.domain.turns.TurnRecord): results go from the model to the store directly,
+    # never through a workflow's history. Takes the place of `result`.
+    result_turn: int | None = None
     error: TaskError | None = None
     usage: TokenUsage | None = None
     llm_calls: int | None = None
@@ -41,12 +45,10 @@ class TaskRecordUpdate(StrictModel):
     # from review (the next attempt revises it) or cancelled in review keeps it.
     keep_result: bool = False
     events: list[TaskEvent] = Field(default_factory=list)
-    # A model turn's write: its events replace any whose key starts with this prefix, which an
-    # earlier attempt of the same turn may have written before it was lost.
-    replaces_events: str | None = None
-    # Apply only while `attempt` is the task's latest attempt and the task is not cancelled, and
-    # otherwise skip the update: a model turn that ends after its task was cancelled or retried
-    # must not overwrite the newer record.
+    # A write of a running attempt, which may land late (the model activity that carries it can
+    # still be running after its workflow was cancelled, or be a retry of a turn the attempt has
+    # moved past): it is skipped, events and all, once the record shows a later attempt, a
+    # cancelled task, or this attempt ended.
     only_if_current: bool = False
 
 

@@ -32,9 +32,9 @@ from taskpool.domain.transitions import transition
 
 S = TaskStatus
 # A batch rebuilds its table from the packed state at each continue-as-new, inside one workflow
-# task, which the SDK fails as a deadlock after 2 s without a yield. With the table as columns a
-# new run's first workflow task took 0.18-0.50 s for a million tasks here (`bench/scale.py`),
-# which leaves room for a loaded machine. Past this, several batches (README, "Scale").
+# task, which the SDK fails as a deadlock after 2 s without a yield; `bench/scale.py` measures how
+# long that first workflow task takes for a million tasks (docs/scale.md), and this cap keeps it
+# well under the limit on a loaded machine. Past this, several batches (docs/scale.md).
 MAX_TASKS_PER_BATCH = 1_000_000
 IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
 _MAY_RUN = (S.PENDING, S.QUEUED, S.SCHEDULED, S.ASSIGNED, S.IN_PROGRESS)

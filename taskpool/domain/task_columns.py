@@ -1,16 +1,15 @@
 """What a batch keeps per task, stored as columns.
 
-A batch rebuilds its table from the packed state at every continue-as-new, inside one workflow
-task that the SDK fails as a deadlock after 2 s without a yield. An object per task cost about
-2.6 µs to rebuild, 2.6 s for a million tasks. Columns are built by C code instead: the id list and
-the attempt counts come straight from the decoded JSON, status and priority are byte strings with
-one ASCII character per task (the packed form's own characters), and what only some tasks have
-(dependencies, a due time, an error, ...) sits in maps by position. A `TaskRow` reads one task
-through the columns, so only the tasks a workflow task touches ever become objects.
+A batch rebuilds its table from the packed state at every continue-as-new, inside one workflow task
+that the SDK fails as a deadlock after 2 s without a yield. An object per task is too slow to
+rebuild for a million tasks within that (docs/scale.md). Columns are built by C code instead: the
+id list and the attempt counts come straight from the decoded JSON, status and priority are byte
+strings with one ASCII character per task (the packed form's own characters), and what only some
+tasks have (dependencies, a due time, an error, ...) sits in maps by position. A `TaskRow` reads
+one task through the columns, so only the tasks a workflow task touches ever become objects.
 
-`TaskEntry` is the same state as one plain record per task, for building a table from specs and
-for tests and tools that look at every task.
-"""
+`TaskEntry` is the same state as one plain record per task, for building a table from specs and for
+tests and tools that look at every task."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One model turn as the task workflow asks for it and the model activity answers it."""
+"""One model turn: what the task workflow asks for, what the model activity answers, and what the
+task store keeps of it (docs/design.md, "One way per turn")."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from pydantic import Field, JsonValue
 
 from taskpool.domain.base import StrictModel
-from taskpool.domain.records import TaskRecordUpdate
+from taskpool.domain.records import TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskError, TaskProgress, TaskStatus, TokenUsage
 
 
@@ -24,6 +25,9 @@ class ToolCall(StrictModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
     # Set when the model sent arguments that are not a JSON object; the agent reports it back.
     arguments_error: str | None = None
+    # Set on a complete_task call as the workflow sees it: its arguments carry no result (the
+    # store keeps it under the turn), only whether a non-empty one was given.
+    has_result: bool = False
 
 
 class ChatMessage(StrictModel):
@@ -33,55 +37,71 @@ class ChatMessage(StrictModel):
     tool_call_id: str | None = None
 
 
-class DefinitionRef(StrictModel):
-    """Where a task's definition is kept: its batch and id in the task store."""
+class TurnRequest(StrictModel):
+    """A model turn of one task's attempt. It names the task instead of carrying the conversation:
+    the activity rebuilds that from the store (the definition and the attempt's earlier turns), so
+    no history holds the task's input or a model's reply."""
 
     batch_id: str
     task_id: str
-
-
-class ChatTurnRequest(StrictModel):
-    task_key: str
+    attempt: int
     turn: int
-    messages: list[ChatMessage]
-    # A task's turn names the task instead of carrying what every turn repeats: the activity reads
-    # the definition from the store, puts the opening messages built from it before `messages`
-    # and offers the lifecycle tools. So no turn's history holds the task's input or the tool
-    # schemas, and loading the definition needs no step of its own.
-    definition: DefinitionRef | None = None
-    tools: list[ToolSpec] = Field(default_factory=list)
     model: str | None = None
     timeout_seconds: float = 120.0
     # A redo of a result sent back from review: the activity shows the model the result the store
     # holds and this feedback after the opening messages.
     rework_feedback: str | None = None
-    # For models that emulate tools with JSON: the call a sample reply shows (small models copy
-    # the sample far more reliably than they follow prose).
-    emulation_example: str | None = None
-    # Set by a task's turn: the activity applies the reply's lifecycle tool calls to this state
-    # and records them in the task store itself, so the common path needs no store write of its
-    # own in the workflow (taskpool/task_ledger.py).
-    lifecycle: TurnLifecycle | None = None
+    # What the workflow tells the model after the previous turn: the tool calls' replies, and a
+    # reminder when the model stopped without finishing. The activity stores them with this turn.
+    follow_ups: list[ChatMessage] = Field(default_factory=list)
+    # The attempt's store write that is due (its changes since the last one): the activity applies
+    # it before the call, so the lifecycle reaches the store without a round trip of its own.
+    record: TaskRecordUpdate | None = None
+
+    @property
+    def task_key(self) -> str:
+        return f"{self.batch_id}/{self.task_id}"
 
 
-class ChatTurnResult(StrictModel):
-    content: str | None = None
+class TurnReply(StrictModel):
+    """What the workflow needs of a model's reply to decide what happens next. The reply itself
+    (its text and complete arguments) is in the store, under the task, attempt and turn."""
+
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    has_content: bool = False
     finish_reason: str | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
     model: str
-    # Present when the request carried `lifecycle`: the state after the reply's tool calls, as
-    # the store now has it, and what each call returned for the model.
-    recorded: RecordedTurn | None = None
+
+
+class TurnRecord(StrictModel):
+    """A model turn as the store keeps it: the messages the workflow added before the call, then
+    the model's reply; and the result a complete_task call in the reply gave, if any."""
+
+    batch_id: str
+    task_id: str
+    attempt: int
+    turn: int
+    messages: list[ChatMessage]
+    result: JsonValue = None
+    at: datetime
+
+
+class TaskConversation(StrictModel):
+    """What a turn reads from the store: the task's record (its definition, and a result sent back
+    from review) and the earlier turns of the attempt, in order."""
+
+    record: TaskRecord
+    turns: list[TurnRecord] = Field(default_factory=list)
 
 
 class AttemptState(StrictModel):
-    """One attempt of a task as its agent loop knows it. The task workflow and the LLM activity
-    hand it to each other, turn by turn."""
+    """One attempt of a task as its agent loop knows it (taskpool.domain.ledger)."""
 
     status: TaskStatus = TaskStatus.ASSIGNED
     progress: TaskProgress = Field(default_factory=TaskProgress)
-    result: JsonValue = None
+    # The turn whose complete_task result is the attempt's result; the store holds the result.
+    result_turn: int | None = None
     error: TaskError | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
     llm_calls: int = 0
@@ -89,19 +109,3 @@ class AttemptState(StrictModel):
     completed_at: datetime | None = None
     # Numbers the attempt's store events, so every event has its own key.
     event_seq: int = 0
-
-
-class TurnLifecycle(StrictModel):
-    """What a turn needs to apply and record the reply's lifecycle tool calls: the attempt, its
-    state before the turn and the changes the store does not have yet."""
-
-    attempt: int
-    state: AttemptState
-    unrecorded: TaskRecordUpdate
-    # complete_task submits the result for review instead of completing (AgentSettings.review).
-    review: bool = False
-
-
-class RecordedTurn(StrictModel):
-    state: AttemptState
-    tool_replies: list[ChatMessage] = Field(default_factory=list)

@@ -66,7 +66,7 @@ class Settings(BaseModel):
     # CPU per workflow; off trades that net (CI still replays recorded histories) for throughput.
     workflow_sandbox: bool = True
     # Model calls per minute on this task queue, enforced by the Temporal server across all its
-    # workers (one queue per model: see README).
+    # workers (one queue per model: see docs/rate-limits.md).
     requests_per_minute: float | None = Field(default=None, gt=0)
     # Model tokens per minute, a budget shared through a SQLite file (taskpool.infra.ratelimit).
     tokens_per_minute: int | None = Field(default=None, ge=1)

@@ -7,13 +7,16 @@ The batch workflow decides what runs; the store remembers what happened. Every w
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sqlite3
+import types
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskStatus
+from taskpool.domain.turns import TaskConversation, TurnRecord
 
 
 class TaskStore(Protocol):
@@ -27,11 +30,22 @@ class TaskStore(Protocol):
         """Set the fields an update carries (None means unchanged) and add its events, all
         updates in one transaction.
 
-        Events already present (same batch, task and key) are skipped, except those under the
-        update's `replaces_events` key prefix, which it replaces. An `only_if_current` update is
-        skipped, events and all, when its attempt is no longer the task's latest or the task is
-        cancelled; any other update of a task the store does not have raises UnknownTaskError.
+        Events already present (same batch, task and key) are skipped. An update with a
+        `result_turn` takes the result stored with that turn of its attempt. An
+        `only_if_current` update is skipped, events and all, when the record shows a later
+        attempt, a cancelled task or its own attempt ended; any other update of a task the store
+        does not have raises UnknownTaskError.
         """
+
+    async def save_turn(self, turn: TurnRecord) -> None:
+        """Keep a model turn under its task, attempt and turn number, replacing what an earlier
+        try of the same turn kept."""
+
+    async def conversation(
+        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+    ) -> TaskConversation | None:
+        """The task's record (without events) and its attempt's turns before `before_turn`, in
+        order, from one snapshot; None when the store does not have the task."""
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False
@@ -48,6 +62,21 @@ class TaskStore(Protocol):
     async def close(self) -> None: ...
 
 
+class StoreBackendMissingError(RuntimeError):
+    """The store URL names a backend whose driver is not installed."""
+
+
+def _postgres_module() -> types.ModuleType:
+    try:
+        return importlib.import_module("taskpool.infra.store.postgres")
+    except ModuleNotFoundError as err:
+        if err.name not in {"psycopg", "psycopg_pool"}:
+            raise
+        raise StoreBackendMissingError(
+            "a postgresql:// task store needs psycopg: pip install 'taskpool[postgres]'"
+        ) from None
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgres://", "postgresql://"))
 
@@ -60,16 +89,19 @@ def sqlite_path(url: str) -> Path:
 def display_url(url: str) -> str:
     """`url` as messages may show it: no password."""
     if is_postgres(url):
-        from taskpool.infra.store.postgres import display_url as postgres_display_url
-
-        return postgres_display_url(url)
+        try:
+            shown: str = _postgres_module().display_url(url)
+        except StoreBackendMissingError:
+            # Without the driver nothing parses the URL: show where, never the password.
+            return url.split("@", 1)[-1] if "@" in url else url
+        return shown
     return url
 
 
 def store_errors() -> tuple[type[Exception], ...]:
     """What a store raises when its database cannot be reached, opened or written: the errors a
     command reports in a sentence, not a traceback."""
-    errors: list[type[Exception]] = [OSError, sqlite3.Error]
+    errors: list[type[Exception]] = [OSError, sqlite3.Error, StoreBackendMissingError]
     try:
         import psycopg
     except ImportError:
@@ -85,9 +117,8 @@ def open_store(url: str) -> TaskStore:
     from taskpool.infra.store.sqlite import SqliteTaskStore
 
     if is_postgres(url):
-        from taskpool.infra.store.postgres import PostgresTaskStore
-
-        return PostgresTaskStore(url)
+        store: TaskStore = _postgres_module().PostgresTaskStore(url)
+        return store
     return SqliteTaskStore(sqlite_path(url))
 
 

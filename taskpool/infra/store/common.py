@@ -11,9 +11,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import (
@@ -25,6 +25,7 @@ from taskpool.domain.tasks import (
     TaskStatus,
     TokenUsage,
 )
+from taskpool.domain.turns import ChatMessage, TurnRecord
 
 SCHEMA_VERSION = 1
 
@@ -54,6 +55,18 @@ TASK_COLUMNS: tuple[str, ...] = (
 
 # No `seq`: the database numbers events as they are inserted, and that is the order they are read.
 EVENT_COLUMNS: tuple[str, ...] = ("batch_id", "task_id", "key", "type", "at", "message", "data")
+
+# A model turn of an attempt: the messages the workflow added before the call and the model's reply
+# (JSON), the result a complete_task in it gave (JSON), and when it was stored.
+TURN_COLUMNS: tuple[str, ...] = (
+    "batch_id",
+    "task_id",
+    "attempt",
+    "turn",
+    "messages",
+    "result",
+    "at",
+)
 
 # The event that explains a task registered in a status other than pending.
 STATUS_EVENT_TYPES: Mapping[TaskStatus, EventType] = {
@@ -243,16 +256,15 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
     retry: the previous attempt's result, error, completion time and progress are cleared unless
     the update sets them itself, or keeps the result (one sent back from review, which the next
     attempt revises). A failed or cancelled task's result is cleared too, unless kept (a result
-    cancelled in review). `updated_at` is the update's latest event time, else `now`, so applying
-    the same update twice leaves the same record.
+    cancelled in review). A result taken from a stored turn is a FromTurn the backend resolves.
+    `updated_at` is the update's latest event time, else `now`, so applying the same update twice
+    leaves the same record.
     """
     values: dict[str, Any] = {}
     if update.status is TaskStatus.QUEUED:
         values.update(error=None, completed_at=None, progress=TaskProgress().model_dump_json())
     if update.status in _RESULT_CLEARED and not update.keep_result:
-        # A queued task's next attempt starts afresh; a failed or cancelled task has no result,
-        # even one a model turn wrote before the workflow decided otherwise (a reply it never
-        # received).
+        # A queued task's next attempt starts afresh; a failed or cancelled task has no result.
         values["result"] = None
     if update.status is not None:
         values["status"] = update.status.value
@@ -264,6 +276,10 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
         values["progress"] = update.progress.model_dump_json()
     if update.result is not None:
         values["result"] = encode_json(update.result)
+    if update.result_turn is not None:
+        values["result"] = FromTurn(
+            update.batch_id, update.task_id, update.attempt or 0, update.result_turn
+        )
     if update.error is not None:
         values["error"] = update.error.model_dump_json()
     if update.usage is not None:
@@ -282,9 +298,66 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
     return values
 
 
+class FromTurn(NamedTuple):
+    """A value a backend copies from a stored turn in the same statement: the `result` of
+    (batch_id, task_id, attempt, turn)."""
+
+    batch_id: str
+    task_id: str
+    attempt: int
+    turn: int
+
+
+def current_attempt_condition(mark: str) -> str:
+    """The condition an `only_if_current` update applies under, with `mark` as the backend's
+    placeholder: the task is not cancelled, and its record shows an earlier attempt, or this one
+    not yet ended. Its values come from current_attempt_params."""
+    return (
+        f"status <> {mark} AND (attempt < {mark} OR "
+        f"(attempt = {mark} AND status NOT IN ({mark}, {mark}, {mark})))"
+    )
+
+
 def current_attempt_params(update: TaskRecordUpdate) -> tuple[Any, ...]:
-    """The values of an `only_if_current` update's condition: `attempt <= ? AND status <> ?`."""
-    return (update.attempt or 0, TaskStatus.CANCELLED.value)
+    attempt = update.attempt or 0
+    return (
+        TaskStatus.CANCELLED.value,
+        attempt,
+        attempt,
+        TaskStatus.COMPLETED.value,
+        TaskStatus.FAILED.value,
+        TaskStatus.REVIEW.value,
+    )
+
+
+# --- Turns ----------------------------------------------------------------------------------------
+
+_MESSAGES = TypeAdapter(list[ChatMessage])
+
+
+def turn_row(turn: TurnRecord) -> tuple[Any, ...]:
+    """A turn as a row in TURN_COLUMNS order."""
+    return (
+        turn.batch_id,
+        turn.task_id,
+        turn.attempt,
+        turn.turn,
+        _MESSAGES.dump_json(turn.messages, exclude_defaults=True).decode(),
+        None if turn.result is None else encode_json(turn.result),
+        encode_time(turn.at),
+    )
+
+
+def turn_from_row(row: Row) -> TurnRecord:
+    return TurnRecord(
+        batch_id=row["batch_id"],
+        task_id=row["task_id"],
+        attempt=row["attempt"],
+        turn=row["turn"],
+        messages=_MESSAGES.validate_json(row["messages"]),
+        result=decode_json(row["result"]),
+        at=decode_time(row["at"]),
+    )
 
 
 # --- Reading --------------------------------------------------------------------------------------

@@ -25,21 +25,34 @@ from psycopg_pool import AsyncConnectionPool
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskEvent, TaskStatus
+from taskpool.domain.turns import TaskConversation, TurnRecord
 from taskpool.infra.store.common import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
     TASK_COLUMNS,
+    TURN_COLUMNS,
     BatchSummary,
+    FromTurn,
     StoreSchemaError,
     UnknownTaskError,
+    current_attempt_condition,
     current_attempt_params,
     event_from_row,
     event_row,
     record_from_row,
     registration_rows,
     summarize_batches,
+    turn_from_row,
+    turn_row,
     unique_specs,
     update_assignments,
+)
+from taskpool.infra.store.postgres_schema import (
+    EVENT_DEFINITIONS,
+    SCHEMA,
+    TASK_DEFINITIONS,
+    TURN_DEFINITIONS,
+    column_type,
 )
 
 DEFAULT_MAX_CONNECTIONS = 10
@@ -53,70 +66,6 @@ Pool = AsyncConnectionPool[Connection]
 _SCHEMA_LOCK = 0x7461736B706F6F6C
 _BATCH_LOCK_CLASS = 0x74706F6F
 
-TASK_DEFINITIONS: Mapping[str, str] = {
-    "batch_id": "text NOT NULL",
-    "task_id": "text NOT NULL",
-    "seq": "bigint NOT NULL",
-    "label": "text NOT NULL",
-    "kind": "text NOT NULL",
-    "priority": "text NOT NULL",
-    "input": "json NOT NULL",
-    "metadata": "json NOT NULL",
-    "status": "text NOT NULL",
-    "attempt": "integer NOT NULL DEFAULT 0",
-    "retry_count": "integer NOT NULL DEFAULT 0",
-    "progress": "json NOT NULL",
-    "result": "json",
-    "error": "json",
-    "prompt_tokens": "bigint NOT NULL DEFAULT 0",
-    "completion_tokens": "bigint NOT NULL DEFAULT 0",
-    "llm_calls": "integer NOT NULL DEFAULT 0",
-    "created_at": "timestamptz NOT NULL",
-    "started_at": "timestamptz",
-    "completed_at": "timestamptz",
-    "updated_at": "timestamptz NOT NULL",
-}
-EVENT_DEFINITIONS: Mapping[str, str] = {
-    "batch_id": "text NOT NULL",
-    "task_id": "text NOT NULL",
-    "key": "text NOT NULL",
-    "type": "text NOT NULL",
-    "at": "timestamptz NOT NULL",
-    "message": "text",
-    "data": "json NOT NULL",
-}
-if tuple(TASK_DEFINITIONS) != TASK_COLUMNS or tuple(EVENT_DEFINITIONS) != EVENT_COLUMNS:
-    raise ImportError("the PostgreSQL column definitions disagree with taskpool.infra.store.common")
-
-
-def _column_type(definitions: Mapping[str, str], name: str) -> sql.SQL:
-    return sql.SQL(definitions[name].split()[0])  # a type from the constants above
-
-
-def _table(name: str, definitions: Mapping[str, str], extra: Sequence[str]) -> sql.Composed:
-    lines: list[sql.Composable] = [
-        sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(definition))
-        for column, definition in definitions.items()
-    ]
-    lines += [sql.SQL(line) for line in extra]
-    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-        sql.Identifier(name), sql.SQL(", ").join(lines)
-    )
-
-
-_SCHEMA: tuple[sql.SQL | sql.Composed, ...] = (
-    sql.SQL("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"),
-    _table("tasks", TASK_DEFINITIONS, ["PRIMARY KEY (batch_id, task_id)"]),
-    sql.SQL("CREATE INDEX IF NOT EXISTS tasks_in_order ON tasks (batch_id, seq)"),
-    sql.SQL("CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (batch_id, status, seq)"),
-    _table(
-        "events",
-        {"seq": "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", **EVENT_DEFINITIONS},
-        ["UNIQUE (batch_id, task_id, key)"],
-    ),
-)
-
-
 # One array per column, so any number of events is one statement.
 _INSERT_EVENTS = sql.SQL(
     "INSERT INTO events ({}) SELECT * FROM unnest({}) ON CONFLICT (batch_id, task_id, key) "
@@ -124,9 +73,25 @@ _INSERT_EVENTS = sql.SQL(
 ).format(
     sql.SQL(", ").join(map(sql.Identifier, EVENT_COLUMNS)),
     sql.SQL(", ").join(
-        sql.SQL("{}::{}[]").format(sql.Placeholder(), _column_type(EVENT_DEFINITIONS, column))
+        sql.SQL("{}::{}[]").format(sql.Placeholder(), column_type(EVENT_DEFINITIONS, column))
         for column in EVENT_COLUMNS
     ),
+)
+_SAVE_TURN = sql.SQL(
+    "INSERT INTO turns ({}) VALUES ({}) ON CONFLICT (batch_id, task_id, attempt, turn) "
+    "DO UPDATE SET messages = excluded.messages, result = excluded.result, at = excluded.at"
+).format(
+    sql.SQL(", ").join(map(sql.Identifier, TURN_COLUMNS)),
+    sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Placeholder(), column_type(TURN_DEFINITIONS, column))
+        for column in TURN_COLUMNS
+    ),
+)
+_TURNS = sql.SQL("SELECT {} FROM turns").format(
+    sql.SQL(", ").join(map(sql.Identifier, TURN_COLUMNS))
+)
+_RESULT_OF_TURN = sql.SQL(
+    "(SELECT result FROM turns WHERE batch_id = %s AND task_id = %s AND attempt = %s AND turn = %s)"
 )
 _TASKS = sql.SQL("SELECT {} FROM tasks").format(
     sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS))
@@ -223,11 +188,9 @@ class PostgresTaskStore:
                     cursor = conn.cursor()
                     await cursor.execute(
                         _update_statement(values),
-                        (*values.values(), update.batch_id, update.task_id),
+                        (*_assigned(values), update.batch_id, update.task_id),
                     )
                     updated.append((update, cursor))
-                    if update.replaces_events:
-                        await _delete_events_under(conn, update, update.replaces_events)
                 if events:
                     await conn.execute(_INSERT_EVENTS, _columns(events, len(EVENT_COLUMNS)))
                 await pipeline.sync()
@@ -238,6 +201,32 @@ class PostgresTaskStore:
             for update in updates:
                 if update.only_if_current:
                     await _apply_if_current(conn, update, now)
+
+    async def save_turn(self, turn: TurnRecord) -> None:
+        async with (await self._ready()).connection() as conn:
+            await conn.execute(_SAVE_TURN, turn_row(turn))
+
+    async def conversation(
+        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+    ) -> TaskConversation | None:
+        async with self._snapshot() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                sql.SQL("{} WHERE batch_id = %s AND task_id = %s").format(_TASKS),
+                (batch_id, task_id),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            await cursor.execute(
+                sql.SQL(
+                    "{} WHERE batch_id = %s AND task_id = %s AND attempt = %s AND turn < %s "
+                    "ORDER BY turn"
+                ).format(_TURNS),
+                (batch_id, task_id, attempt, before_turn),
+            )
+            turns = [turn_from_row(turn) for turn in await cursor.fetchall()]
+        return TaskConversation(record=record_from_row(row), turns=turns)
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False
@@ -368,7 +357,7 @@ async def _create_schema(conn: Connection) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         # "already exists, skipping" notices on every start say nothing useful.
         await conn.execute("SET LOCAL client_min_messages = warning")
-        for statement in _SCHEMA:
+        for statement in SCHEMA:
             await conn.execute(statement)
         (version,) = await _one(await conn.execute("SELECT MAX(version) FROM schema_version"))
         if version is None:
@@ -395,18 +384,30 @@ async def _copy(
 
 def _update_statement(values: Mapping[str, Any], *, current_only: bool = False) -> sql.Composed:
     assignments = sql.SQL(", ").join(
-        sql.SQL("{} = {}::{}").format(
-            sql.Identifier(name), sql.Placeholder(), _column_type(TASK_DEFINITIONS, name)
+        sql.SQL("{} = {}").format(sql.Identifier(name), _RESULT_OF_TURN)
+        if isinstance(value, FromTurn)
+        else sql.SQL("{} = {}::{}").format(
+            sql.Identifier(name), sql.Placeholder(), column_type(TASK_DEFINITIONS, name)
         )
-        for name in values
+        for name, value in values.items()
     )
     statement = sql.SQL("UPDATE tasks SET {} WHERE batch_id = %s AND task_id = %s").format(
         assignments
     )
     if current_only:
-        # With current_attempt_params: the attempt is the task's latest, and not cancelled.
-        statement += sql.SQL(" AND attempt <= %s AND status <> %s")
+        statement += sql.SQL(" AND ") + sql.SQL(current_attempt_condition("%s"))
     return statement
+
+
+def _assigned(values: Mapping[str, Any]) -> list[Any]:
+    """The parameters of _update_statement's assignments, in order."""
+    params: list[Any] = []
+    for value in values.values():
+        if isinstance(value, FromTurn):
+            params.extend(value)
+        else:
+            params.append(value)
+    return params
 
 
 async def _apply_if_current(
@@ -415,24 +416,13 @@ async def _apply_if_current(
     values = update_assignments(update, now)
     cursor = await conn.execute(
         _update_statement(values, current_only=True),
-        (*values.values(), update.batch_id, update.task_id, *current_attempt_params(update)),
+        (*_assigned(values), update.batch_id, update.task_id, *current_attempt_params(update)),
     )
     if cursor.rowcount == 0:
         return
-    if update.replaces_events:
-        await _delete_events_under(conn, update, update.replaces_events)
     events = [event_row(update.batch_id, update.task_id, event) for event in update.events]
     if events:
         await conn.execute(_INSERT_EVENTS, _columns(events, len(EVENT_COLUMNS)))
-
-
-async def _delete_events_under(
-    conn: AsyncConnection[TupleRow], update: TaskRecordUpdate, prefix: str
-) -> None:
-    await conn.execute(
-        "DELETE FROM events WHERE batch_id = %s AND task_id = %s AND left(key, %s) = %s",
-        (update.batch_id, update.task_id, len(prefix), prefix),
-    )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -20,20 +20,26 @@ from typing import Any, Self, TypeVar
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskEvent, TaskStatus
+from taskpool.domain.turns import TaskConversation, TurnRecord
 from taskpool.infra.sqlite_files import open_shared, transaction
 from taskpool.infra.store.common import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
     TASK_COLUMNS,
+    TURN_COLUMNS,
     BatchSummary,
+    FromTurn,
     StoreSchemaError,
     UnknownTaskError,
+    current_attempt_condition,
     current_attempt_params,
     event_from_row,
     event_row,
     record_from_row,
     registration_rows,
     summarize_batches,
+    turn_from_row,
+    turn_row,
     unique_specs,
     update_assignments,
 )
@@ -86,6 +92,16 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     UNIQUE (batch_id, task_id, key)
 );
+CREATE TABLE IF NOT EXISTS turns (
+    batch_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    turn INTEGER NOT NULL,
+    messages TEXT NOT NULL,
+    result TEXT,
+    at TEXT NOT NULL,
+    PRIMARY KEY (batch_id, task_id, attempt, turn)
+);
 """
 
 _INSERT_TASK = (
@@ -95,6 +111,14 @@ _INSERT_TASK = (
 _INSERT_EVENT = (
     f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 - constant names
     f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
+)
+_SAVE_TURN = (
+    f"INSERT OR REPLACE INTO turns ({', '.join(TURN_COLUMNS)}) "  # noqa: S608 - constant names
+    f"VALUES ({', '.join('?' for _ in TURN_COLUMNS)})"
+)
+_TURNS = f"SELECT {', '.join(TURN_COLUMNS)} FROM turns"  # noqa: S608 - constant column names
+_RESULT_OF_TURN = (
+    "(SELECT result FROM turns WHERE batch_id = ? AND task_id = ? AND attempt = ? AND turn = ?)"
 )
 _TASKS = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"  # noqa: S608 - constant column names
 _EVENTS = "SELECT e.task_id, e.key, e.type, e.at, e.message, e.data FROM events AS e"
@@ -130,6 +154,16 @@ class SqliteTaskStore:
         if updates:
             now = datetime.now(UTC)
             await self._run(lambda conn: _apply(conn, updates, now))
+
+    async def save_turn(self, turn: TurnRecord) -> None:
+        await self._run(lambda conn: _save_turn(conn, turn))
+
+    async def conversation(
+        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+    ) -> TaskConversation | None:
+        return await self._run(
+            lambda conn: _conversation(conn, batch_id, task_id, attempt, before_turn)
+        )
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False
@@ -243,29 +277,53 @@ def _apply(conn: sqlite3.Connection, updates: Sequence[TaskRecordUpdate], now: d
 
 def _update_task(conn: sqlite3.Connection, update: TaskRecordUpdate, now: datetime) -> bool:
     """Update one task's row; False for an `only_if_current` update that is no longer current."""
-    values = update_assignments(update, now)
-    assignments = ", ".join(f"{_column(name)} = ?" for name in values)
+    assignments: list[str] = []
+    params: list[Any] = []
+    for name, value in update_assignments(update, now).items():
+        if isinstance(value, FromTurn):
+            assignments.append(f"{_column(name)} = {_RESULT_OF_TURN}")
+            params.extend(value)
+        else:
+            assignments.append(f"{_column(name)} = ?")
+            params.append(value)
     where = "batch_id = ? AND task_id = ?"
-    params: tuple[Any, ...] = (update.batch_id, update.task_id)
+    params += [update.batch_id, update.task_id]
     if update.only_if_current:
-        # With current_attempt_params: the attempt is the task's latest, and not cancelled.
-        where = f"{where} AND attempt <= ? AND status <> ?"
-        params = (*params, *current_attempt_params(update))
+        where = f"{where} AND {current_attempt_condition('?')}"
+        params.extend(current_attempt_params(update))
     cursor = conn.execute(
-        f"UPDATE tasks SET {assignments} WHERE {where}",  # noqa: S608 - names checked by _column
-        (*values.values(), *params),
+        f"UPDATE tasks SET {', '.join(assignments)} WHERE {where}",  # noqa: S608 - names checked by _column
+        params,
     )
     if cursor.rowcount == 0:
         if update.only_if_current:
             return False
         raise UnknownTaskError(update.batch_id, update.task_id)
-    if update.replaces_events:
-        prefix = update.replaces_events
-        conn.execute(
-            "DELETE FROM events WHERE batch_id = ? AND task_id = ? AND substr(key, 1, ?) = ?",
-            (update.batch_id, update.task_id, len(prefix), prefix),
-        )
     return True
+
+
+def _save_turn(conn: sqlite3.Connection, turn: TurnRecord) -> None:
+    with transaction(conn, "IMMEDIATE"):
+        conn.execute(_SAVE_TURN, turn_row(turn))
+
+
+def _conversation(
+    conn: sqlite3.Connection, batch_id: str, task_id: str, attempt: int, before_turn: int
+) -> TaskConversation | None:
+    with transaction(conn):
+        row = conn.execute(
+            f"{_TASKS} WHERE batch_id = ? AND task_id = ?", (batch_id, task_id)
+        ).fetchone()
+        if row is None:
+            return None
+        turns = conn.execute(
+            f"{_TURNS} WHERE batch_id = ? AND task_id = ? AND attempt = ? AND turn < ? "
+            "ORDER BY turn",
+            (batch_id, task_id, attempt, before_turn),
+        ).fetchall()
+    return TaskConversation(
+        record=record_from_row(row), turns=[turn_from_row(turn) for turn in turns]
+    )
 
 
 def _column(name: str) -> str:

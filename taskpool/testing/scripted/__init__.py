@@ -1,6 +1,11 @@
 """A scripted OpenAI-compatible model server for tests, benchmarks and the offline demo."""
 
-from taskpool.testing.scripted.responder import Responder, default_responder, default_result_for
+from taskpool.testing.scripted.responder import (
+    Responder,
+    default_responder,
+    default_result_for,
+    numbered,
+)
 from taskpool.testing.scripted.server import (
     ANY_TASK,
     TASK_HEADER,
@@ -24,4 +29,5 @@ __all__ = [
     "ToolCallSpec",
     "default_responder",
     "default_result_for",
+    "numbered",
 ]

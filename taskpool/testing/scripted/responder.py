@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,6 +67,31 @@ def default_responder(body: Mapping[str, Any], task_key: str | None) -> Reply:
     if not calls:
         return Reply(content=result)
     return Reply(tool_calls=calls)
+
+
+def numbered(responder: Responder = default_responder) -> Responder:
+    """`responder`, with each `complete_task` result it gives ending in " #<n>", n counting its
+    calls from 1: every call's result differs, so a test can tell which call's result a task
+    kept, and a result kept twice or lost shows."""
+    calls = itertools.count(1)
+
+    def respond(body: Mapping[str, Any], task_key: str | None) -> Reply | Fault:
+        step = responder(body, task_key)
+        if isinstance(step, Fault):
+            return step
+        number = next(calls)
+        tool_calls = [_numbered_call(call, number) for call in step.tool_calls]
+        return dataclasses.replace(step, tool_calls=tool_calls)
+
+    return respond
+
+
+def _numbered_call(call: ToolCallSpec, number: int) -> ToolCallSpec:
+    if call.name != "complete_task" or call.raw_arguments is not None:
+        return call
+    arguments = dict(call.arguments)
+    arguments["result"] = f"{arguments.get('result')} #{number}"
+    return dataclasses.replace(call, arguments=arguments)
 
 
 def _messages(body: Mapping[str, Any]) -> list[Any]:

@@ -76,6 +76,9 @@ class ScriptedModelServer(Startable):
         self._port: int | None = None
         # Set on stop so that replies waiting out a latency or a hang end at once.
         self._stopping = asyncio.Event()
+        # Cleared while a test holds replies back (hold_replies), and set again on stop.
+        self._released = asyncio.Event()
+        self._released.set()
         self.requests: list[RequestRecord] = []
         self.completions: dict[str, list[Any]] = {}
         self.in_flight = 0
@@ -108,6 +111,7 @@ class ScriptedModelServer(Startable):
         if runner is None:
             return
         self._stopping.set()
+        self._released.set()
         await runner.cleanup()
 
     @property
@@ -134,6 +138,15 @@ class ScriptedModelServer(Startable):
 
     def clear_scripts(self) -> None:
         self._scripts.clear()
+
+    def hold_replies(self) -> None:
+        """Keep every reply waiting, after its latency, until `release_replies`: calls stay in
+        flight for as long as a test needs them to, instead of for a latency it bets on. Faults
+        still answer at once."""
+        self._released.clear()
+
+    def release_replies(self) -> None:
+        self._released.set()
 
     def reset_stats(self) -> None:
         self.requests = []
@@ -204,6 +217,7 @@ class ScriptedModelServer(Startable):
         self, record: RequestRecord, body: Mapping[str, Any], reply: Reply
     ) -> web.Response:
         await self._pause(self.latency if reply.latency is None else reply.latency)
+        await self._released.wait()
         usage = reply.usage or estimate_usage(body, reply)
         model = body.get("model")
         payload = completion_json(
