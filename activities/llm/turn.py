@@ -84,9 +84,6 @@ class LlmActivities:
         return reply
 
     async def _turn(self, request: TurnRequest, model: str) -> TurnReply:
-        if request.record is not None:
-            # Idempotent, and skipped by the store if the attempt has moved on meanwhile.
-            await self._store.apply([request.record])
         stored = await self._conversation(request)
         body = self._builder.body(conversation_for(stored, request), model)
         completion = await self._caller.complete(
@@ -117,8 +114,13 @@ class LlmActivities:
         )
 
     async def _conversation(self, request: TurnRequest) -> TaskConversation:
+        # The due write is idempotent, and skipped by the store if the attempt has moved on.
         stored = await self._store.conversation(
-            request.batch_id, request.task_id, request.attempt, before_turn=request.turn
+            request.batch_id,
+            request.task_id,
+            request.attempt,
+            before_turn=request.turn,
+            after_applying=request.record,
         )
         if stored is None:
             raise ApplicationError(

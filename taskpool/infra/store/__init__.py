@@ -42,10 +42,17 @@ class TaskStore(Protocol):
         try of the same turn kept."""
 
     async def conversation(
-        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+        self,
+        batch_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        before_turn: int,
+        after_applying: TaskRecordUpdate | None = None,
     ) -> TaskConversation | None:
         """The task's record (without events) and its attempt's turns before `before_turn`, in
-        order, from one snapshot; None when the store does not have the task."""
+        order, from one snapshot; None when the store does not have the task. `after_applying`
+        is applied first (as `apply` would), so a turn starts with one trip to the store."""
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False

@@ -207,8 +207,16 @@ class PostgresTaskStore:
             await conn.execute(_SAVE_TURN, turn_row(turn))
 
     async def conversation(
-        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+        self,
+        batch_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        before_turn: int,
+        after_applying: TaskRecordUpdate | None = None,
     ) -> TaskConversation | None:
+        if after_applying is not None:
+            await self.apply([after_applying])
         async with self._snapshot() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(

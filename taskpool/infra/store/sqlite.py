@@ -159,11 +159,23 @@ class SqliteTaskStore:
         await self._run(lambda conn: _save_turn(conn, turn))
 
     async def conversation(
-        self, batch_id: str, task_id: str, attempt: int, *, before_turn: int
+        self,
+        batch_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        before_turn: int,
+        after_applying: TaskRecordUpdate | None = None,
     ) -> TaskConversation | None:
-        return await self._run(
-            lambda conn: _conversation(conn, batch_id, task_id, attempt, before_turn)
-        )
+        now = datetime.now(UTC)
+
+        def apply_then_read(conn: sqlite3.Connection) -> TaskConversation | None:
+            if after_applying is not None:
+                _apply(conn, [after_applying], now)
+            return _conversation(conn, batch_id, task_id, attempt, before_turn)
+
+        # One trip to the database thread for a turn's start: the write and the read.
+        return await self._run(apply_then_read)
 
     async def get_task(
         self, batch_id: str, task_id: str, *, with_events: bool = False
