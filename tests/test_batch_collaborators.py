@@ -6,7 +6,7 @@ callables or a small protocol, so these tests pass fakes and drive them on the t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from taskpool.domain.batch import (
     TaskRunInput,
     WebhookDelivery,
 )
+from taskpool.domain.published import STATUS_MEMO
 from taskpool.domain.records import RecordTasksRequest, RegisterTasksRequest, TaskRecordUpdate
 from taskpool.domain.scheduling import TaskTable
 from taskpool.domain.task_columns import TaskEntry, TaskRow
@@ -117,6 +118,43 @@ async def test_store_queue_writes_notes_in_order_in_groups_of_its_chunk() -> Non
     ]
     await queue.flush()
     assert len(written) == 3  # nothing queued, nothing written
+
+
+async def test_store_queue_writes_one_group_at_a_time_whoever_flushes() -> None:
+    """The batch's background writer and a flush of its own (at continue-as-new, say) never
+    write at once: a later group cannot land before an earlier one."""
+    table = table_of("a", "b", "c")
+    started: list[list[str]] = []
+    finished: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def slow_write(activity: str, request: StoreWrite) -> None:
+        assert isinstance(request, RecordTasksRequest)
+        ids = [u.task_id for u in request.updates]
+        started.append(ids)
+        await release.wait()
+        finished.append(ids)
+
+    queue = StoreQueue(BATCH, now=lambda: NOW, write=slow_write, chunk=1)
+
+    async def wait_for(condition: Callable[[], bool]) -> None:
+        # A stand-in for workflow.wait_condition, which checks its condition after every step.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    queue.note([row(table, "a")])
+    writer = asyncio.create_task(queue.keep_flushing(wait_for))
+    await wait_for(lambda: bool(started))
+    queue.note([row(table, "b"), row(table, "c")])
+    flushing = asyncio.create_task(queue.flush())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [["a"]]  # b waits for a's write, though the flush was asked for
+    release.set()
+    await flushing
+    assert finished == [["a"], ["b"], ["c"]]
+    assert len(queue) == 0
+    writer.cancel()
 
 
 async def test_store_queue_notes_a_change_as_it_was_when_noted() -> None:
@@ -558,7 +596,8 @@ def test_visibility_moves_search_attributes_only_in_steps() -> None:
         assert all(isinstance(u, SearchAttributeUpdate) for u in updates)
         upserts.append([(u.key.name, u.value) for u in updates])
 
-    visibility = Visibility(set_details=details.append, upsert=upsert)
+    memos: list[Mapping[str, Any]] = []
+    visibility = Visibility(set_details=details.append, upsert=upsert, upsert_memo=memos.append)
     visibility.refresh(status(progress=0.0), NOW)
     visibility.refresh(status(progress=4.9), NOW)
     visibility.refresh(status(progress=5.0), NOW)
@@ -572,3 +611,5 @@ def test_visibility_moves_search_attributes_only_in_steps() -> None:
         [(state, "running"), (progress, 5)],
         [(state, "paused"), (progress, 5)],
     ]
+    # What status answers without a worker is published with each of those changes.
+    assert [memo[STATUS_MEMO]["state"] for memo in memos] == ["running", "running", "paused"]

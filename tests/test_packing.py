@@ -267,7 +267,7 @@ def test_a_million_tasks_fit_in_half_a_payload_and_come_back() -> None:
     for i in (37, 250, 400, IN_FLIGHT_FROM + 5, QUEUED_TO + 1, SCHEDULED_TO + 3, BLOCKED_TO + 1):
         assert restored[i] == entries[i], entries[i].id
     table = TaskTable(columns)
-    assert table.count_map() == {status.value: expected_counts[status] for status in TaskStatus}
+    assert table.counts.as_map() == {status.value: expected_counts[status] for status in TaskStatus}
     assert table.in_flight == IN_FLIGHT_TO - IN_FLIGHT_FROM
 
 

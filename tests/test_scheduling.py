@@ -72,7 +72,7 @@ def test_failed_dependency_blocks_until_nothing_else_can_run() -> None:
     table.take_ready(10)
     finish(table, "parent", TaskStatus.FAILED)
     assert table.get("child").status is TaskStatus.BLOCKED  # type: ignore[union-attr]
-    assert not table.can_progress()
+    assert not table.counts.can_progress()
     cancelled = table.cancel_blocked_for_good(NOW)
     assert [e.id for e in cancelled] == ["child"]
     assert table.get("child").status_reason == "dependency parent failed"  # type: ignore[union-attr]
@@ -88,7 +88,7 @@ def test_a_chain_blocked_behind_a_failure_lets_the_batch_end() -> None:
     table.take_ready(10)
     finish(table, "a", TaskStatus.FAILED)
     # c and d wait on b, which waits on a failure: nothing will run without a retry.
-    assert not table.can_progress()
+    assert not table.counts.can_progress()
     cancelled = table.cancel_blocked_for_good(NOW)
     assert [(e.id, e.status_reason) for e in cancelled] == [
         ("b", "dependency a failed"),
@@ -142,9 +142,9 @@ def test_a_result_in_review_holds_its_dependents_until_approved() -> None:
     assert status_of(table, "draft") is TaskStatus.REVIEW
     assert table.in_flight == 0
     # Waiting for a person is not progress the batch can make on its own.
-    assert not table.can_progress()
+    assert not table.counts.can_progress()
     assert table.get("publish").status is TaskStatus.BLOCKED  # type: ignore[union-attr]
-    assert table.finished_count == 0
+    assert table.counts.finished == 0
 
     changed = table.approve(draft, NOW)
 
@@ -218,7 +218,7 @@ def test_a_rebuilt_table_carries_on_where_the_old_one_stopped() -> None:
 
     again = rebuilt(table)
 
-    assert again.count_map() == table.count_map()
+    assert again.counts.as_map() == table.counts.as_map()
     assert [e.id for e in again.in_flight_entries()] == ["running", "urgent"]
     assert again.next_due() == later
     assert again.get("running").started_at == NOW  # type: ignore[union-attr]

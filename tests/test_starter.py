@@ -598,6 +598,7 @@ def test_every_command_reads_its_arguments_as_typed_values() -> None:
     argv_by_command = {
         "start": ["start", "t.jsonl", "--priority", "HIGH", "--concurrency", "3", "--json"],
         "status": ["status", "b"],
+        "priority": ["priority", "b", "--task", "x", "--priority", "CRITICAL"],
         "watch": ["watch", "b", "--interval", "2"],
         "tasks": ["tasks", "b", "--status", "failed"],
         "batches": ["batches", "--state", "paused"],
@@ -829,7 +830,13 @@ async def test_starting_a_large_batch_says_how_far_it_is(
 
     assert run.code == 0, run.err
     # Progress goes to stderr, so that stdout is still the one line a script reads.
-    assert json.loads(run.out) == {"batch_id": batch_id, "total": count, "task_queue": ANY}
+    assert json.loads(run.out) == {
+        "batch_id": batch_id,
+        "total": count,
+        "task_queue": ANY,
+        "existing": False,
+        "workflow_status": "running",
+    }
     notes = run.err.splitlines()
     assert notes[0] == f"checked {count:,} tasks in {source}; packing the batch's state"
     assert notes[1:] == [

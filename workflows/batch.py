@@ -38,10 +38,11 @@ with workflow.unsafe.imports_passed_through():
         RetryTasksRequest,
         ReviewTasksRequest,
         SetConcurrencyRequest,
+        SetPriorityRequest,
         TaskQuery,
         TasksQuery,
     )
-    from taskpool.domain.scheduling import TaskTable
+    from taskpool.domain.scheduling import TaskTable, task_view
     from taskpool.domain.task_columns import TaskRow
     from taskpool.domain.tasks import EventType, TaskStatus
 
@@ -105,6 +106,8 @@ class BatchWorkflow:
         if self._run.started_at is None:
             self._run.started_at = workflow.now()
         cancelled: asyncio.CancelledError | None = None
+        # The store queue writes in the background from here on (see StoreQueue.keep_flushing).
+        self._store_writer = asyncio.create_task(self._store.keep_flushing(workflow.wait_condition))
         try:
             if not self._run.registered:
                 # The starter put the definitions in the store; record where each task begins.
@@ -153,7 +156,6 @@ class BatchWorkflow:
                 for entry in self._table.take_ready(min(free, COMMAND_GROUP)):
                     entry.started_at = workflow.now()
                     self._fleet.start(entry, self._run.rework_feedback.pop(entry.id, None))
-            await self._store.flush()
             status = self.status()
             self._visibility.refresh(status, workflow.now())
             await self._announcer.review_when_due(status)
@@ -161,7 +163,7 @@ class BatchWorkflow:
             # for a decision: the batch is not done.
             if (
                 self._fleet.starting == 0
-                and not self._table.can_progress()
+                and not self._table.counts.can_progress()
                 and not self._retrying.locked()
                 and not self._table.counts[TaskStatus.REVIEW]
             ):
@@ -237,9 +239,9 @@ class BatchWorkflow:
         matching = self._table.with_status(query.status)
         page = itertools.islice(matching, query.offset, query.offset + query.limit)
         return TaskPage(
-            total=self._table.count_with(query.status),
+            total=self._table.counts.of(query.status),
             offset=query.offset,
-            items=[self._table.view(e) for e in page],
+            items=[task_view(e) for e in page],
         )
 
     @workflow.query(name=names.TASK)
@@ -247,7 +249,7 @@ class BatchWorkflow:
         entry = self._table.get(query.task_id)
         if entry is None:
             raise ValueError(f"batch {self._batch_id} has no task {query.task_id!r}")
-        return self._table.view(entry)
+        return task_view(entry)
 
     # --- updates: validated first, so a bad request never reaches history -------------------------
 
@@ -347,6 +349,24 @@ class BatchWorkflow:
     @set_concurrency.validator
     def _validate_set_concurrency(self, request: SetConcurrencyRequest) -> None:
         table_requests.refuse_if_closing(self._run, finished=self._finished)
+
+    @workflow.update(name=names.SET_PRIORITY)
+    def set_priority(self, request: SetPriorityRequest) -> BatchStatus:
+        # The update's id, unique in the run, keeps each change's store event apart.
+        update = workflow.current_update_info()
+        change_id = update.id if update is not None else ""
+        now = workflow.now()
+        for change in table_requests.set_priorities(
+            self._batch_id, self._table, request, now, change_id
+        ):
+            self._store.add(change)
+        self._wake.set()
+        return self.status()
+
+    @set_priority.validator
+    def _validate_set_priority(self, request: SetPriorityRequest) -> None:
+        table_requests.refuse_if_closing(self._run, finished=self._finished)
+        table_requests.refuse_to_set_priority(self._table, request)
 
     # --- cancellation and continue-as-new ---------------------------------------------------------
 

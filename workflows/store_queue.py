@@ -9,6 +9,7 @@ tests pass fakes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -50,6 +51,9 @@ class StoreQueue:
         self._write = write
         self._chunk = chunk
         self._queued: list[_Change | TaskRecordUpdate] = []
+        # One write at a time, so groups land in the order they were queued (a result put in
+        # review must land before the same task is sent back), whoever flushes.
+        self._writing = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -85,15 +89,29 @@ class StoreQueue:
         self._queued.append(update)
 
     async def flush(self) -> None:
-        """Write everything queued, oldest first, a group per activity."""
-        while self._queued:
-            group = self._queued[: self._chunk]
-            del self._queued[: self._chunk]
-            updates = [
-                item if isinstance(item, TaskRecordUpdate) else item.update(self._batch_id)
-                for item in group
-            ]
-            await self._write(names.RECORD_TASKS, RecordTasksRequest(updates=updates))
+        """Write everything queued, oldest first, a group per activity; when it returns, every
+        write queued before the call has landed."""
+        async with self._writing:
+            while self._queued:
+                group = self._queued[: self._chunk]
+                del self._queued[: self._chunk]
+                updates = [
+                    item if isinstance(item, TaskRecordUpdate) else item.update(self._batch_id)
+                    for item in group
+                ]
+                await self._write(names.RECORD_TASKS, RecordTasksRequest(updates=updates))
+
+    async def keep_flushing(
+        self, wait_for: Callable[[Callable[[], bool]], Awaitable[None]]
+    ) -> None:
+        """Flush whenever something is queued, for as long as the batch runs.
+
+        The run loop does not wait for the writes: what it decides never depends on when a
+        local activity resolves, which differs between a first execution and a replay of the
+        same history. `wait_for` is the workflow's wait_condition."""
+        while True:
+            await wait_for(lambda: bool(self._queued))
+            await self.flush()
 
     async def write_now(self, updates: list[TaskRecordUpdate]) -> None:
         """Write `updates` at once, ahead of the queue (a retry's new inputs, which must be in

@@ -1,5 +1,6 @@
-"""What an update to the batch names in its task table, and why the batch refuses one: pure
-functions that the batch workflow's handlers and validators share.
+"""What an update to the batch names in its task table, why the batch refuses one, and the store
+writes that record what it changed: deterministic functions that the batch workflow's handlers and
+validators share.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ with workflow.unsafe.imports_passed_through():
     from taskpool.domain import agents
     from taskpool.domain.batch import BatchRun
     from taskpool.domain.records import TaskRecordUpdate
-    from taskpool.domain.requests import RetryTasksRequest, ReviewTasksRequest
-    from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, TaskTable
+    from taskpool.domain.requests import (
+        RetryTasksRequest,
+        ReviewTasksRequest,
+        SetPriorityRequest,
+    )
+    from taskpool.domain.scheduling import MAX_TASKS_PER_BATCH, WAITING_STATUSES, TaskTable
     from taskpool.domain.task_columns import TaskRow
     from taskpool.domain.tasks import EventType, TaskEvent, TaskSpec, TaskStatus
     from taskpool.domain.transitions import can_transition
@@ -137,6 +142,56 @@ def input_replacements(
         updates.append(
             TaskRecordUpdate(
                 batch_id=batch_id, task_id=entry.id, input=inputs[entry.id], events=[event]
+            )
+        )
+    return updates
+
+
+def refuse_to_set_priority(table: TaskTable, request: SetPriorityRequest) -> None:
+    """Refuse a priority change that names a task the batch does not have, or one that has
+    started (running, in review) or ended: it names every such task, with where it is."""
+    unknown, started = [], []
+    for task_id in dict.fromkeys(request.task_ids):
+        entry = table.get(task_id)
+        if entry is None:
+            unknown.append(repr(task_id))
+        elif entry.status not in WAITING_STATUSES:
+            started.append(f"{task_id!r} is {entry.status.value}")
+    problems = []
+    if unknown:
+        problems.append(f"batch has no task {', '.join(unknown)}")
+    if started:
+        problems.append(
+            f"task {', '.join(started)}: only a queued, blocked or scheduled task changes priority"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def set_priorities(
+    batch_id: str, table: TaskTable, request: SetPriorityRequest, now: datetime, change_id: str
+) -> list[TaskRecordUpdate]:
+    """Give the tasks a request names its priority; returns the store writes that record each
+    change in its task's events (a task that had that priority already has none). `change_id`
+    (the update's id) keeps each change's event apart from another change of the same task."""
+    updates = []
+    for task_id in dict.fromkeys(request.task_ids):
+        entry = table.get(task_id)
+        if entry is None or entry.status not in WAITING_STATUSES:
+            continue
+        old = table.set_priority(entry, request.priority)
+        if old is request.priority:
+            continue
+        event = TaskEvent(
+            key=f"batch:{entry.retry_count}:priority:{change_id}",
+            type=EventType.PRIORITY,
+            at=now,
+            message=f"priority changed from {old.value} to {request.priority.value}",
+            data={"from": old.value, "to": request.priority.value},
+        )
+        updates.append(
+            TaskRecordUpdate(
+                batch_id=batch_id, task_id=task_id, priority=request.priority, events=[event]
             )
         )
     return updates

@@ -1,12 +1,13 @@
 """What people see of a batch: its status (the `status` query, and the state it is in), and, without
-querying it, the Markdown of its current details and its search attributes in the Temporal UI.
+querying it, the Markdown of its current details, its search attributes in the Temporal UI and the
+status it publishes in its memo (what `status` shows when no worker answers).
 
 Deterministic: the workflow passes Temporal's calls (the defaults), tests pass fakes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from taskpool.domain import names
     from taskpool.domain.batch import BatchRun, BatchState, BatchStatus
     from taskpool.domain.batch_details import batch_details
+    from taskpool.domain.published import PublishedStatus
     from taskpool.domain.scheduling import TaskTable
     from taskpool.domain.tasks import TaskStatus
 
@@ -36,10 +38,10 @@ def batch_status(
             table, cancelling=run.cancel_reason is not None, paused=run.paused, starting=starting
         ),
         total=total,
-        counts=table.count_map(),
+        counts=table.counts.as_map(),
         concurrency=run.options.concurrency,
         in_flight=table.in_flight,
-        progress_percent=round(100.0 * table.finished_count / total, 2) if total else 100.0,
+        progress_percent=round(100.0 * table.counts.finished / total, 2) if total else 100.0,
         paused=run.paused,
         pause_reason=run.pause_reason,
         pause_delivered=pause_delivered,
@@ -58,7 +60,7 @@ def batch_state(table: TaskTable, *, cancelling: bool, paused: bool, starting: i
         return BatchState.CANCELLED
     if paused:
         return BatchState.PAUSED
-    if starting or table.can_progress():
+    if starting or table.counts.can_progress():
         return BatchState.RUNNING
     if table.counts[TaskStatus.REVIEW]:
         return BatchState.AWAITING_REVIEW
@@ -73,10 +75,13 @@ class Visibility:
         upsert: Callable[[Sequence[SearchAttributeUpdate[Any]]], None] = (
             workflow.upsert_search_attributes
         ),
+        upsert_memo: Callable[[Mapping[str, Any]], None] = workflow.upsert_memo,
     ) -> None:
         self._set_details = set_details
         self._upsert = upsert
+        self._upsert_memo = upsert_memo
         self._shown: tuple[str, int] | None = None
+        self._published: tuple[object, ...] | None = None
 
     def refresh(self, status: BatchStatus, now: datetime) -> None:
         self._set_details(batch_details(status, now))
@@ -92,3 +97,10 @@ class Visibility:
                     names.BATCH_PROGRESS_ATTRIBUTE.value_set(shown[1]),
                 ]
             )
+        # The memo moves with the search attributes, and with the controls people set (a new
+        # pause reason or concurrency changes neither attribute): its counts may lag a step,
+        # which readers fill in from the task store.
+        published = (*shown, status.pause_reason, status.cancel_reason, status.concurrency)
+        if published != self._published:
+            self._published = published
+            self._upsert_memo(PublishedStatus.of(status, now).memo())

@@ -53,7 +53,8 @@ class LiveView:
 
 
 class JsonLinesView:
-    """One BatchStatus JSON object per look, for scripts; problems go to stderr."""
+    """One status JSON object per look (as `status --json` prints it), for scripts; problems go
+    to stderr."""
 
     def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self._out = out
@@ -61,7 +62,10 @@ class JsonLinesView:
         self._last_problem: str | None = None
 
     def show(self, snapshot: Snapshot) -> None:
-        if snapshot.status is not None:
+        if snapshot.answer is not None:
+            self._out.write(snapshot.answer.json_line() + "\n")
+            self._out.flush()
+        elif snapshot.status is not None:
             self._out.write(snapshot.status.model_dump_json() + "\n")
             self._out.flush()
         elif snapshot.problem != self._last_problem:
@@ -90,7 +94,13 @@ class PlainLinesView:
                 self._err.write(f"warning: {snapshot.problem}\n")
                 self._err.flush()
         else:
-            key = (status.state, tuple(sorted(status.counts.items())), status.in_flight)
+            # Not the age of a status no worker gave, which changes at every look.
+            key = (
+                status.state,
+                tuple(sorted(status.counts.items())),
+                status.in_flight,
+                snapshot.live,
+            )
             if key != self._last:
                 self._out.write(render.plain_line(snapshot) + "\n")
                 self._out.flush()
@@ -109,18 +119,30 @@ class SilentView:
 
 
 async def follow(
-    client: Client, info: BatchInfo, view: View, *, interval: float, with_running: bool
+    client: Client,
+    info: BatchInfo,
+    view: View,
+    *,
+    interval: float,
+    with_running: bool,
+    store_url: str | None = None,
 ) -> BatchResult:
     """Show the batch through `view` until it ends; its result, or BatchEndedError when it ended
-    without one (terminated, cancelled from the UI)."""
+    without one (terminated, cancelled from the UI). While no worker answers, the counts come
+    from the task store at `store_url` (when given) or as the batch last published them."""
     outcome = asyncio.create_task(wait_for_result(client, info))
     meter = RateMeter()
     try:
         while True:
             ended = outcome.done()
-            view.show(
-                await take_snapshot(client, info, meter, with_running=with_running and not ended)
+            snapshot = await take_snapshot(
+                client,
+                info,
+                meter,
+                with_running=with_running and not ended,
+                store_url=store_url,
             )
+            view.show(snapshot)
             if ended:
                 return outcome.result()
             await asyncio.wait({outcome}, timeout=interval)
@@ -149,12 +171,24 @@ Ending = Literal["json", "summary", "nothing"]
 
 
 async def follow_and_report(
-    ctx: Context, client: Client, info: BatchInfo, view: View, *, interval: float, ending: Ending
+    ctx: Context,
+    client: Client,
+    info: BatchInfo,
+    view: View,
+    *,
+    interval: float,
+    ending: Ending,
+    store_url: str | None = None,
 ) -> int:
     """Follow the batch until it ends and say how it ended; the exit code of its outcome."""
     ctx.following = info.batch_id
     result = await follow(
-        client, info, view, interval=interval, with_running=isinstance(view, LiveView)
+        client,
+        info,
+        view,
+        interval=interval,
+        with_running=isinstance(view, LiveView),
+        store_url=store_url,
     )
     if ending == "json":
         ctx.json_line(result.model_dump_json())

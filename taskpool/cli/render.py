@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskpool.client.listing import BatchListing
+from taskpool.client.published import StatusAnswer
 from taskpool.client.snapshot import Snapshot, finished_count
 from taskpool.domain.batch import BatchResult, BatchState, BatchStatus, TaskView
 from taskpool.domain.records import TaskRecord
@@ -147,6 +148,31 @@ def status_lines(status: BatchStatus, now: datetime) -> list[str]:
     if status.counts.get(TaskStatus.REVIEW.value):
         lines += review_steps(status.batch_id)
     return lines
+
+
+def answer_lines(answer: StatusAnswer, now: datetime) -> list[str]:
+    """What `status` prints: the status and, when no worker gave it, how old it is and why."""
+    lines = status_lines(answer.status, now)
+    if not answer.live:
+        lines.insert(1, f"  {not_live_note(answer, now)}")
+        lines += [
+            f"  {name:<9} {text}"
+            for name, text in (("worker", answer.why), ("store", answer.store_problem))
+            if text
+        ]
+    return lines
+
+
+def not_live_note(answer: StatusAnswer, now: datetime) -> str:
+    """`(no worker answered: as of 12s ago; counts from the task store)`"""
+    if answer.as_of is None:
+        when, counts = "the batch has published nothing yet", "no counts"
+    else:
+        when = f"as of {duration(max((now - answer.as_of).total_seconds(), 0.0))} ago"
+        counts = "counts as published"
+    if answer.counts_from_store:
+        counts = "counts from the task store"
+    return f"(no worker answered: {when}; {counts})"
 
 
 def review_steps(batch_id: str) -> list[str]:
@@ -331,6 +357,8 @@ def plain_line(snapshot: Snapshot) -> str:
         counts_line(status.counts),
         f"{status.in_flight}/{status.concurrency} running",
     ]
+    if snapshot.answer is not None and not snapshot.answer.live:
+        parts.append(not_live_note(snapshot.answer, snapshot.at))
     pace = pace_text(snapshot)
     return " · ".join([*parts, pace] if pace else parts)
 
@@ -369,8 +397,10 @@ def live_frame(snapshot: Snapshot) -> RenderableType:
             if counts:
                 counts.append(" · ")
             counts.append(f"{state.value} {count}", style=STATE_STYLES.get(state, ""))
-    parts: list[RenderableType] = [
-        _banner(status),
+    parts: list[RenderableType] = [_banner(status)]
+    if snapshot.answer is not None and not snapshot.answer.live:
+        parts.append(Text(not_live_note(snapshot.answer, snapshot.at), style="yellow"))
+    parts += [
         bar,
         counts or Text("no tasks"),
         Text(

@@ -1,7 +1,9 @@
 """One look at a batch: its status, its running tasks' own progress, and its pace.
 
-A look never fails: when the batch does not answer, the snapshot says why, so a live view can keep
-going while a worker restarts. The command line's `watch` shows snapshots; a console can too.
+A look never fails: when no worker answers, the snapshot holds what the batch last published and
+the task store's counts (marked not live); when even those cannot be read, it says why, so a live
+view can keep going while a worker restarts. The command line's `watch` shows snapshots; a console
+can too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from temporalio.client import Client
 from taskpool.client.batches import QUERY_TIMEOUT, task_page
 from taskpool.client.errors import QUERY_ERRORS, ClientError
 from taskpool.client.info import BatchInfo
-from taskpool.client.reading import read_status
+from taskpool.client.published import StatusAnswer
+from taskpool.client.reading import status_answer
 from taskpool.domain import names
 from taskpool.domain.batch import BatchState, BatchStatus, TaskView
 from taskpool.domain.tasks import TaskProgress, TaskStatus
@@ -39,7 +42,8 @@ class RunningTask:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What one look at the batch found; `status` is None when the batch did not answer."""
+    """What one look at the batch found; `status` is None when nothing could be read, and
+    `answer` says where it came from (None: from the batch itself)."""
 
     batch_id: str
     status: BatchStatus | None
@@ -48,6 +52,11 @@ class Snapshot:
     rate: float | None = None
     eta_seconds: float | None = None
     problem: str | None = None
+    answer: StatusAnswer | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.answer is None or self.answer.live
 
 
 class RateMeter:
@@ -89,19 +98,28 @@ def pace(status: BatchStatus, meter: RateMeter, now: datetime) -> tuple[float | 
 
 
 async def take_snapshot(
-    client: Client, info: BatchInfo, meter: RateMeter, *, with_running: bool
+    client: Client,
+    info: BatchInfo,
+    meter: RateMeter,
+    *,
+    with_running: bool,
+    store_url: str | None = None,
 ) -> Snapshot:
+    """One look; without a worker, the counts come from the task store at `store_url` (when
+    given) or as the batch last published them."""
     now = datetime.now(UTC)
     try:
-        status = await read_status(client, info)
+        answer = await status_answer(client, info, store_url)
     except ClientError as err:
         return Snapshot(info.batch_id, None, now, problem=str(err))
+    status = answer.status
     meter.add(time.monotonic(), finished_count(status.counts))
     rate, eta = pace(status, meter, now)
     running: tuple[RunningTask, ...] = ()
-    if with_running and status.in_flight:
+    # Running tasks answer through a worker too: without one, each would only time out.
+    if with_running and answer.live and status.in_flight:
         running = await _running_tasks(client, info.batch_id)
-    return Snapshot(info.batch_id, status, now, running, rate, eta)
+    return Snapshot(info.batch_id, status, now, running, rate, eta, answer=answer)
 
 
 async def _running_tasks(client: Client, batch_id: str) -> tuple[RunningTask, ...]:

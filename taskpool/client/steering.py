@@ -1,5 +1,5 @@
 """Steering a running batch: pause, resume, cancel it or some of its tasks, add tasks, retry
-failed ones, decide results in review, change its concurrency.
+failed ones, decide results in review, change its concurrency or the priority of waiting tasks.
 
 Signals (pause, resume, cancel) are recorded and acted on when a worker next runs the batch;
 updates are checked by the batch's validators first and answer with its status. A batch that
@@ -24,9 +24,10 @@ from taskpool.client.errors import (
 )
 from taskpool.client.info import BatchInfo
 from taskpool.client.reading import find_batch, read_tasks
+from taskpool.domain import names
 from taskpool.domain.batch import BatchStatus
-from taskpool.domain.requests import FEEDBACK_LIMIT, ReviewDecision
-from taskpool.domain.tasks import TaskInput, TaskSpec, TaskStatus
+from taskpool.domain.requests import FEEDBACK_LIMIT, ReviewDecision, SetPriorityRequest
+from taskpool.domain.tasks import Priority, TaskInput, TaskSpec, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,19 @@ class RunningBatch:
             return await batches.set_concurrency(self._client, self.batch_id, concurrency)
         except UPDATE_ERRORS as err:
             raise update_error(err, self.info, self._client) from None
+
+    async def set_priority(self, task_ids: Sequence[str], priority: Priority) -> Changed:
+        """Give tasks that have not started `priority`: the next free slot goes to the task of
+        highest priority. The batch refuses the whole request (BatchRefusedError) when a task
+        named is unknown, running, in review or finished."""
+        named = list(dict.fromkeys(task_ids))
+        if not named:
+            raise InvalidRequestError("name the tasks whose priority changes")
+        request = SetPriorityRequest(task_ids=named, priority=priority)
+        try:
+            status: BatchStatus = await batches.batch_handle(
+                self._client, self.batch_id
+            ).execute_update(names.SET_PRIORITY, request, result_type=BatchStatus)
+        except UPDATE_ERRORS as err:
+            raise update_error(err, self.info, self._client) from None
+        return Changed(tuple(named), status)

@@ -24,6 +24,7 @@ RETRY_TASKS = "retry_tasks"
 CANCEL_TASKS = "cancel_tasks"
 REVIEW_TASKS = "review_tasks"
 SET_CONCURRENCY = "set_concurrency"
+SET_PRIORITY = "set_priority"
 # Internal: a task child adopted from an earlier run reports its outcome to the batch, and
 # confirms it will (see workflows/batch.py, "hand-over").
 TASK_FINISHED = "task_finished"

@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from taskpool.domain.batch import PackedTasks
-from taskpool.domain.scheduling import IN_FLIGHT_STATUSES
 from taskpool.domain.task_columns import (
     PRIORITY_BY_CODE,
     STATUS_BY_CODE,
@@ -26,6 +25,7 @@ from taskpool.domain.task_columns import (
     TaskColumns,
     TaskEntry,
 )
+from taskpool.domain.task_counts import IN_FLIGHT_STATUSES
 from taskpool.domain.tasks import TaskError, TaskStatus
 
 ENCODING = "json+lzma+base64/1"

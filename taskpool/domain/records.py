@@ -41,6 +41,8 @@ class TaskRecordUpdate(StrictModel):
     completed_at: datetime | None = None
     # A retry's new input replaces the task's definition input.
     input: TaskInput | None = None
+    # A priority changed while the task waited (the batch's set_priority update).
+    priority: Priority | None = None
     # Going back to queued, failing or being cancelled clears the last result; a result sent back
     # from review (the next attempt revises it) or cancelled in review keeps it.
     keep_result: bool = False

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from taskpool.domain.base import LenientModel
-from taskpool.domain.tasks import TaskInput, TaskSpec, TaskStatus
+from taskpool.domain.tasks import Priority, TaskInput, TaskSpec, TaskStatus
 
 
 class PauseRequest(LenientModel):
@@ -70,3 +70,11 @@ class CancelTasksRequest(LenientModel):
 
 class SetConcurrencyRequest(LenientModel):
     concurrency: int = Field(ge=1, le=1000)
+
+
+class SetPriorityRequest(LenientModel):
+    """Give tasks that have not started another priority: they run before (or after) the tasks
+    they now outrank (or trail)."""
+
+    task_ids: list[str] = Field(min_length=1)
+    priority: Priority

@@ -2,7 +2,8 @@
 
 Pure and deterministic (the batch workflow owns one), so the rules are unit-tested without Temporal:
 - a task waits while it is scheduled for later or blocked on dependencies that have not completed;
-- ready tasks run by priority (critical first), then in the order they were added;
+- ready tasks run by priority (critical first), then in the order they were added; a task's
+  priority may change until it starts;
 - a task whose dependency failed stays blocked (a retry of the dependency may still unblock it)
   until nothing else can run, when it is cancelled with the reason; a cancelled dependency cancels
   its dependents at once;
@@ -12,23 +13,23 @@ Pure and deterministic (the batch workflow owns one), so the rules are unit-test
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from taskpool.domain.batch import TaskOutcome, TaskView
 from taskpool.domain.task_columns import (
-    PRIORITY_BY_CODE,
-    STATUS_BY_CODE,
+    PRIORITY_CODES,
     STATUS_CODES,
     TaskColumns,
     TaskEntry,
     TaskRow,
     put_sparse,
 )
-from taskpool.domain.tasks import TERMINAL_STATUSES, TaskError, TaskSpec, TaskStatus, TokenUsage
+from taskpool.domain.task_counts import IN_FLIGHT_STATUSES, TaskCounts
+from taskpool.domain.tasks import Priority, TaskError, TaskSpec, TaskStatus, TokenUsage
 from taskpool.domain.transitions import transition
+from taskpool.domain.waiting import Dependencies, DueTimes, ReadyQueue
 
 S = TaskStatus
 # A batch rebuilds its table from the packed state at each continue-as-new, inside one workflow
@@ -36,15 +37,18 @@ S = TaskStatus
 # long that first workflow task takes for a million tasks (docs/scale.md), and this cap keeps it
 # well under the limit on a loaded machine. Past this, several batches (docs/scale.md).
 MAX_TASKS_PER_BATCH = 1_000_000
-IN_FLIGHT_STATUSES = frozenset({S.ASSIGNED, S.IN_PROGRESS})
-_MAY_RUN = (S.PENDING, S.QUEUED, S.SCHEDULED, S.ASSIGNED, S.IN_PROGRESS)
+# The statuses of a task that has not started (or is waiting to start again): its priority may
+# change until it runs.
+WAITING_STATUSES = frozenset({S.PENDING, S.QUEUED, S.BLOCKED, S.SCHEDULED})
 RECENT_FAILURES = 5
-
-_QUEUED = STATUS_CODES[S.QUEUED]
-_SCHEDULED = STATUS_CODES[S.SCHEDULED]
 
 
 class TaskTable:
+    """The batch's tasks as columns, and the rules that move them. What the rules need to answer
+    fast lives in collaborators kept in step with every move: the counts by status
+    (taskpool/domain/task_counts.py), the ready queue, the due times and the dependencies
+    (taskpool/domain/waiting.py)."""
+
     def __init__(
         self,
         tasks: TaskColumns | Iterable[TaskEntry],
@@ -57,25 +61,10 @@ class TaskTable:
         # workflow task, and this is most of that work.
         columns = tasks if isinstance(tasks, TaskColumns) else TaskColumns.from_entries(tasks)
         self.columns = columns
-        status = columns.status
-        # Tasks waiting on each id, by position.
-        self._dependents: dict[str, list[int]] = {}
-        for index, dependencies in sorted(columns.depends_on.items()):
-            for dependency in dependencies:
-                self._dependents.setdefault(dependency, []).append(index)
-        self._ready = _ReadyQueue(columns)
-        self._scheduled: list[tuple[datetime, int]] = [
-            (due, index)
-            for index, due in columns.scheduled_for.items()
-            if status[index] == _SCHEDULED
-        ]
-        heapq.heapify(self._scheduled)
-        self.counts: Counter[TaskStatus] = Counter(
-            {task_status: status.count(code) for task_status, code in STATUS_CODES.items()}
-        )
-        self._in_flight: set[int] = {
-            index for running in IN_FLIGHT_STATUSES for index in columns.positions_with(running)
-        }
+        self.counts = TaskCounts(columns)
+        self._ready = ReadyQueue(columns)
+        self._due = DueTimes(columns)
+        self._dependencies = Dependencies(columns)
         self.usage = usage or TokenUsage()
         self.llm_calls = llm_calls
         # The latest failures, newest last, so a status needs no scan of the whole table.
@@ -91,91 +80,66 @@ class TaskTable:
 
     def get(self, task_id: str) -> TaskRow | None:
         index = self.columns.position.get(task_id)
-        return None if index is None else TaskRow(self.columns, index)
+        return None if index is None else self._row(index)
 
     def _row(self, index: int) -> TaskRow:
         return TaskRow(self.columns, index)
 
-    def _by_id(self, task_id: str) -> TaskRow:
-        return TaskRow(self.columns, self.columns.position[task_id])
-
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
-
-    @property
-    def finished_count(self) -> int:
-        return sum(self.counts[status] for status in TERMINAL_STATUSES)
+        return self.counts.in_flight
 
     def in_flight_entries(self) -> list[TaskRow]:
         """The running tasks, in the order they were added."""
-        return [self._row(index) for index in sorted(self._in_flight)]
+        return [self._row(index) for index in self.counts.running()]
 
     def with_status(self, status: TaskStatus | None) -> Iterator[TaskRow]:
         if status is None:
             return (self._row(index) for index in range(len(self.columns)))
         return (self._row(index) for index in self.columns.positions_with(status))
 
-    def count_with(self, status: TaskStatus | None) -> int:
-        return len(self.columns) if status is None else self.counts[status]
-
-    def count_map(self) -> dict[str, int]:
-        return {status.value: self.counts[status] for status in TaskStatus}
-
-    def can_progress(self) -> bool:
-        """Whether any task not yet finished may still run without outside help.
-
-        A blocked task waits for a dependency to complete, and only a running task (or one that
-        will run) completes without help: with none left, the blocked ones wait on a failure,
-        a result in review, or on each other."""
-        return any(self.counts[status] for status in _MAY_RUN)
+    def recent_failure_views(self) -> list[TaskView]:
+        """The latest failures that are still failed (a retry takes a task off), newest first."""
+        entries = (self.get(task_id) for task_id in reversed(self.recent_failures))
+        return [task_view(e) for e in entries if e is not None and e.status is S.FAILED]
 
     # --- adding tasks -----------------------------------------------------------------------------
 
     def add(self, specs: Iterable[TaskSpec], now: datetime) -> dict[str, TaskStatus]:
         """Add new tasks and move each out of `pending`; returns their first status."""
-        added = [self._index(TaskEntry.from_spec(spec)) for spec in specs]
-        for entry in added:
-            self._settle_new(entry, now)
+        added = []
+        for spec in specs:
+            index = self.columns.append(TaskEntry.from_spec(spec))
+            self._dependencies.add(index)
+            self.counts.moved(index, None, S.PENDING)
+            added.append(self._row(index))
+        self._settle(added, now)
         return {entry.id: entry.status for entry in added}
 
     def settle_pending(self, now: datetime) -> list[TaskRow]:
         """Move every `pending` task to its first status (a batch's first run does this)."""
         pending = list(self.with_status(S.PENDING))
-        for entry in pending:
-            self._settle_new(entry, now)
+        self._settle(pending, now)
         return pending
 
-    def _settle_new(self, entry: TaskRow, now: datetime) -> None:
-        due = entry.scheduled_for
-        if due is not None and due > now:
-            self._move(entry, S.SCHEDULED)
-            return
-        self._move(entry, S.QUEUED)
-        if self._unmet_dependencies(entry):
-            self._move(entry, S.BLOCKED)
+    def _settle(self, entries: Iterable[TaskRow], now: datetime) -> None:
+        for entry in entries:
+            due = entry.scheduled_for
+            if due is not None and due > now:
+                self._move(entry, S.SCHEDULED)
+            else:
+                self._queue(entry)
 
     # --- choosing what runs -----------------------------------------------------------------------
 
     def next_due(self) -> datetime | None:
-        status = self.columns.status
-        while self._scheduled:
-            due, index = self._scheduled[0]
-            if status[index] == _SCHEDULED:
-                return due
-            heapq.heappop(self._scheduled)
-        return None
+        return self._due.next_due()
 
     def release_due(self, now: datetime) -> list[TaskRow]:
         """Queue (or block) scheduled tasks whose time has come."""
-        released = []
-        while (due := self.next_due()) is not None and due <= now:
-            _, index = heapq.heappop(self._scheduled)
-            entry = self._row(index)
-            self._move(entry, S.QUEUED)
-            if self._unmet_dependencies(entry):
-                self._move(entry, S.BLOCKED)
-            released.append(entry)
+        released = [self._row(index) for index in self._due.pop_due(now)]
+        for entry in released:
+            self._queue(entry)
         return released
 
     def take_ready(self, limit: int) -> list[TaskRow]:
@@ -191,19 +155,35 @@ class TaskTable:
             taken.append(entry)
         return taken
 
+    def set_priority(self, entry: TaskRow, priority: Priority) -> Priority:
+        """Give a task that has not started a new priority; returns its old one. Queued, it takes
+        its place among the tasks of its new priority by the order tasks were added; blocked or
+        scheduled, it queues there when it may run."""
+        if entry.status not in WAITING_STATUSES:
+            raise ValueError(
+                f"task {entry.id!r} is {entry.status.value}: only a task that waits to run "
+                "changes priority"
+            )
+        old = entry.priority
+        if priority is not old:
+            self.columns.priority[entry.index] = PRIORITY_CODES[priority]
+            if entry.status is S.QUEUED:
+                self._ready.push(entry.index)
+        return old
+
     # --- outcomes and commands --------------------------------------------------------------------
 
     def accept_outcome(self, outcome: TaskOutcome, now: datetime) -> list[TaskRow] | None:
         """Apply a child's report. Returns the tasks whose status changed as a consequence
         (dependents), or None when the report is stale or a duplicate and was ignored."""
         entry = self.get(outcome.task_id)
-        if entry is None or entry.index not in self._in_flight:
+        if entry is None or entry.status not in IN_FLIGHT_STATUSES:
             return None
         if outcome.attempt != entry.attempts or not outcome.status.ends_attempt:
             return None
         # The child enforced the lifecycle on its side (assigned, in_progress, ...); the batch
         # mirrors where it ended.
-        self._set(entry, outcome.status)
+        self._move(entry, outcome.status, checked=False)
         put_sparse(self.columns.errors, entry.index, _compact_error(outcome.error))
         self.usage = self.usage + outcome.usage
         self.llm_calls += outcome.llm_calls
@@ -232,173 +212,75 @@ class TaskTable:
 
     def retry(self, entry: TaskRow) -> list[TaskRow]:
         """Queue a failed task again; returns the tasks whose status changed."""
-        self._move(entry, S.QUEUED)
+        self._queue(entry)
         self.columns.retries[entry.index] = entry.retry_count + 1
         self.columns.errors.pop(entry.index, None)
         entry.status_reason = None
-        if self._unmet_dependencies(entry):
-            self._move(entry, S.BLOCKED)
         return [entry]
 
     def cancel_blocked_for_good(self, now: datetime) -> list[TaskRow]:
-        stuck = [e for e in self.with_status(S.BLOCKED) if self._blocked_for_good(e)]
+        """Cancel the tasks blocked on a failed dependency that nothing will rerun."""
+        stuck = [e for e in self.with_status(S.BLOCKED) if self._dependencies.failed(e.index)]
         cancelled: list[TaskRow] = []
         for entry in stuck:
             if entry.status is S.BLOCKED:
-                failed = [d for d in entry.depends_on if self._by_id(d).status is S.FAILED]
+                failed = self._dependencies.failed(entry.index)
                 cancelled += self.cancel(entry, f"dependency {', '.join(failed)} failed", now)
         return cancelled
 
-    # --- views ------------------------------------------------------------------------------------
-
-    def recent_failure_views(self) -> list[TaskView]:
-        """The latest failures that are still failed (a retry takes a task off), newest first."""
-        entries = (self._by_id(task_id) for task_id in reversed(self.recent_failures))
-        return [self.view(e) for e in entries if e.status is S.FAILED]
-
-    def view(self, entry: TaskRow) -> TaskView:
-        return TaskView(
-            id=entry.id,
-            priority=entry.priority,
-            status=entry.status,
-            attempts=entry.attempts,
-            retry_count=entry.retry_count,
-            error=entry.error,
-            status_reason=entry.status_reason,
-            depends_on=list(entry.depends_on),
-            started_at=entry.started_at if entry.status in IN_FLIGHT_STATUSES else None,
-        )
-
     # --- internals --------------------------------------------------------------------------------
 
-    def _index(self, entry: TaskEntry) -> TaskRow:
-        index = self.columns.append(entry)
-        for dependency in entry.depends_on:
-            self._dependents.setdefault(dependency, []).append(index)
-        self.counts[entry.status] += 1
-        row = self._row(index)
-        self._track(row)
-        return row
+    def _queue(self, entry: TaskRow) -> None:
+        """Queue a task, which is blocked at once while a dependency has not completed."""
+        self._move(entry, S.QUEUED)
+        if self._dependencies.unmet(entry.index):
+            self._move(entry, S.BLOCKED)
 
-    def _move(self, entry: TaskRow, target: TaskStatus) -> None:
-        self._set(entry, transition(entry.id, entry.status, target))
-
-    def _set(self, entry: TaskRow, status: TaskStatus) -> None:
-        index = entry.index
-        self.counts[STATUS_BY_CODE[self.columns.status[index]]] -= 1
+    def _move(self, entry: TaskRow, target: TaskStatus, *, checked: bool = True) -> None:
+        """Move a task to `target` (which the lifecycle must allow, when `checked`), and tell the
+        collaborators."""
+        index, old = entry.index, entry.status
+        status = transition(entry.id, old, target) if checked else target
         self.columns.status[index] = STATUS_CODES[status]
-        self.counts[status] += 1
-        self._track(entry)
-
-    def _track(self, entry: TaskRow) -> None:
-        index, status = entry.index, entry.status
-        if status in IN_FLIGHT_STATUSES:
-            self._in_flight.add(index)
-        else:
-            self._in_flight.discard(index)
+        self.counts.moved(index, old, status)
         if status is S.QUEUED:
             self._ready.push(index)
-        elif status is S.SCHEDULED and (due := entry.scheduled_for) is not None:
-            heapq.heappush(self._scheduled, (due, index))
-
-    def _unmet_dependencies(self, entry: TaskRow) -> list[str]:
-        position, status = self.columns.position, self.columns.status
-        completed = STATUS_CODES[S.COMPLETED]
-        return [
-            dependency
-            for dependency in entry.depends_on
-            if dependency not in position or status[position[dependency]] != completed
-        ]
-
-    def _blocked_for_good(self, entry: TaskRow) -> bool:
-        """Blocked on a failed dependency that nothing will rerun."""
-        position = self.columns.position
-        return any(self._by_id(d).status is S.FAILED for d in entry.depends_on if d in position)
+        elif status is S.SCHEDULED:
+            self._due.push(index)
 
     def _after_finish(self, finished: TaskRow, now: datetime) -> list[TaskRow]:
         changed: list[TaskRow] = []
-        for index in self._dependents.get(finished.id, []):
+        for index in self._dependencies.dependents(finished.id):
             dependent = self._row(index)
             if dependent.status is not S.BLOCKED:
                 continue
             if finished.status is S.CANCELLED:
                 reason = f"dependency {finished.id} was cancelled"
                 changed += self.cancel(dependent, reason, now)
-            elif finished.status is S.COMPLETED and not self._unmet_dependencies(dependent):
+            elif finished.status is S.COMPLETED and not self._dependencies.unmet(index):
                 self._move(dependent, S.QUEUED)
                 changed.append(dependent)
         return changed
 
 
+def task_view(entry: TaskRow) -> TaskView:
+    """A task as the `tasks` and `task` queries show it."""
+    return TaskView(
+        id=entry.id,
+        priority=entry.priority,
+        status=entry.status,
+        attempts=entry.attempts,
+        retry_count=entry.retry_count,
+        error=entry.error,
+        status_reason=entry.status_reason,
+        depends_on=list(entry.depends_on),
+        started_at=entry.started_at if entry.status in IN_FLIGHT_STATUSES else None,
+    )
+
+
 # An error's message is for people reading a status; the store keeps it whole. The batch keeps a
 # bounded prefix so that many failures cannot outgrow its state.
 ERROR_MESSAGE_LIMIT = 300
-
-
-class _ReadyQueue:
-    """Queued tasks in run order: by priority (highest first), then in the order they were added.
-
-    A new run must not spend its first workflow task putting every queued task of a million in a
-    heap. So, per priority, the tasks queued when the table was built are found by a C search of
-    a byte mask (queued and of that priority), from a cursor that only moves forward; tasks
-    queued later go to a heap. Either may hold a task that has left `queued` since: the live
-    status is checked when a task comes up, and such a task is skipped.
-    """
-
-    def __init__(self, columns: TaskColumns) -> None:
-        self._status = columns.status
-        self._priority = columns.priority
-        count = len(columns)
-        queued = int.from_bytes(columns.status.translate(_QUEUED_MASK), "big")
-        self._initial: dict[int, bytes] = {}
-        self._cursor: dict[int, int] = {}
-        self._later: dict[int, list[int]] = {}
-        for code in sorted(PRIORITY_BY_CODE, reverse=True):
-            of_priority = int.from_bytes(columns.priority.translate(_PRIORITY_MASKS[code]), "big")
-            self._initial[code] = (queued & of_priority).to_bytes(count, "big")
-            self._cursor[code] = 0
-            self._later[code] = []
-
-    def push(self, index: int) -> None:
-        heapq.heappush(self._later[self._priority[index]], index)
-
-    def pop(self) -> int | None:
-        """The next queued task, taken off the queue; None when no task is queued."""
-        code = self._next_code()
-        if code is None:
-            return None
-        initial, later = self._next_initial(code), self._later[code]
-        if initial is not None and (not later or initial < later[0]):
-            self._cursor[code] = initial + 1
-            return initial
-        return heapq.heappop(later)
-
-    def _next_code(self) -> int | None:
-        """The highest priority with a queued task, after dropping stale entries."""
-        for code in self._initial:
-            later = self._later[code]
-            while later and self._status[later[0]] != _QUEUED:
-                heapq.heappop(later)
-            if later or self._next_initial(code) is not None:
-                return code
-        return None
-
-    def _next_initial(self, code: int) -> int | None:
-        """The first task from the cursor on that was queued when the table was built and still
-        is; the cursor moves past those that are not."""
-        initial, status = self._initial[code], self._status
-        index = initial.find(1, self._cursor[code])
-        while index != -1 and status[index] != _QUEUED:
-            index = initial.find(1, index + 1)
-        self._cursor[code] = len(initial) if index == -1 else index
-        return None if index == -1 else index
-
-
-# Byte translation tables for the masks above: 1 where a task's byte matches, 0 elsewhere.
-_QUEUED_MASK = bytes(1 if byte == _QUEUED else 0 for byte in range(256))
-_PRIORITY_MASKS = {
-    code: bytes(1 if byte == code else 0 for byte in range(256)) for code in PRIORITY_BY_CODE
-}
 
 
 def _compact_error(error: TaskError | None) -> TaskError | None:

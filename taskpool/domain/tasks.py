@@ -73,6 +73,8 @@ class EventType(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RETRIED = "retried"
+    # A waiting task was given another priority; the event's data has the old and the new.
+    PRIORITY = "priority"
 
 
 # A task's input, as a task file gives it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from taskpool.cli.command import AnyCommand
 from taskpool.cli.commands.demo import DEMO
+from taskpool.cli.commands.priority import PRIORITY
 from taskpool.cli.commands.read import BATCHES, STATUS, TASKS, WATCH
 from taskpool.cli.commands.records import COMMENT, RESULTS, TASK
 from taskpool.cli.commands.start import START
@@ -35,6 +36,7 @@ COMMANDS: tuple[AnyCommand, ...] = (
     APPROVE,
     REJECT,
     CONCURRENCY,
+    PRIORITY,
     RESULTS,
     DEMO,
 )

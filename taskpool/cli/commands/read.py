@@ -12,37 +12,44 @@ from taskpool.cli.context import Context
 from taskpool.cli.errors import OK
 from taskpool.cli.following import Ending, follow_and_report, progress_view
 from taskpool.client.listing import list_batches
-from taskpool.client.reading import find_batch, read_status, read_tasks_with_details
+from taskpool.client.reading import find_batch, read_tasks_with_details, status_answer
 from taskpool.domain.batch import BatchState
 from taskpool.domain.tasks import TaskStatus
+
+STORE_HELP = "the task store whose counts show when no worker answers"
 
 
 class StatusArgs(BatchArgs):
     as_json: bool
+    store: str | None
 
     @classmethod
     def declare(cls, parser: argparse.ArgumentParser) -> None:
         options.json_option(parser, "print the status as one JSON object")
+        options.store_option(parser, STORE_HELP)
 
 
 async def status(ctx: Context, args: StatusArgs) -> int:
     client = await ctx.client()
-    answer = await read_status(client, await find_batch(client, args.batch))
+    info = await find_batch(client, args.batch)
+    answer = await status_answer(client, info, ctx.store_url(args.store))
     if args.as_json:
-        ctx.json_line(answer.model_dump_json())
+        ctx.json_line(answer.json_line())
     else:
-        ctx.say(*render.status_lines(answer, datetime.now(UTC)))
+        ctx.say(*render.answer_lines(answer, datetime.now(UTC)))
     return OK
 
 
 class WatchArgs(BatchArgs):
     as_json: bool
     interval: float
+    store: str | None
 
     @classmethod
     def declare(cls, parser: argparse.ArgumentParser) -> None:
         options.json_option(parser, "print one status JSON object per interval, for scripts")
         options.interval_option(parser)
+        options.store_option(parser, STORE_HELP)
 
 
 async def watch(ctx: Context, args: WatchArgs) -> int:
@@ -50,7 +57,15 @@ async def watch(ctx: Context, args: WatchArgs) -> int:
     info = await find_batch(client, args.batch)
     view = progress_view(ctx, json_lines=args.as_json)
     ending: Ending = "nothing" if args.as_json else "summary"
-    return await follow_and_report(ctx, client, info, view, interval=args.interval, ending=ending)
+    return await follow_and_report(
+        ctx,
+        client,
+        info,
+        view,
+        interval=args.interval,
+        ending=ending,
+        store_url=ctx.store_url(args.store),
+    )
 
 
 class TasksArgs(BatchArgs):
@@ -128,6 +143,8 @@ STATUS = Command(
     "Show a batch's state, counts per task state, progress, tokens and recent errors.",
     StatusArgs,
     status,
+    details="When no worker answers within 1 s: what the batch last published, with its\n"
+    "counts from the task store, and how old it is (`live: false` and `as_of` in --json).",
 )
 WATCH = Command(
     "watch",

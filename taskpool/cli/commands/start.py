@@ -15,9 +15,10 @@ from taskpool.cli.following import SilentView, follow_and_report, progress_view
 from taskpool.cli.task_files import load, note_a_large_file
 from taskpool.client.batches import BatchTooLargeError, prepare_batch
 from taskpool.client.starting import (
+    StartedBatch,
     check_batch_id,
     default_batch_id,
-    start_new_batch,
+    start_batch_once,
     with_default_priority,
 )
 from taskpool.domain.batch import AgentSettings, BatchOptions
@@ -48,7 +49,10 @@ class StartArgs(Args):
     def declare(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("source", type=Path, metavar="FILE|DIR", help="the tasks to run")
         parser.add_argument(
-            "--batch-id", metavar="ID", help="the batch's id (default: <file name>-<random>)"
+            "--batch-id",
+            metavar="ID",
+            help="the batch's id (default: <file name>-<random>); a start again under the same "
+            "id with the same tasks and options finds the batch (and with --wait follows it)",
         )
         parser.add_argument(
             "--concurrency",
@@ -131,22 +135,32 @@ async def start(ctx: Context, args: StartArgs) -> int:
     except BatchTooLargeError as err:
         raise CliError(f"{source}: {err}", USAGE) from None
     client = await ctx.client()
-    started = await start_new_batch(
+    # The flags that filled in what tasks left out are options of the batch too: a second start
+    # with another --kind is another batch.
+    defaults = {"kind": args.kind, "priority": args.priority}
+    started = await start_batch_once(
         client,
         batch_id,
         prepared,
         task_queue=task_queue,
         store_url=ctx.store_url(args.store),
+        defaults={name: value for name, value in defaults.items() if value is not None},
         on_progress=WriteProgress(ctx, len(specs)),
     )
     if args.as_json:
-        line = {"batch_id": batch_id, "total": started.total, "task_queue": task_queue}
+        line = {
+            "batch_id": batch_id,
+            "total": started.total,
+            "task_queue": task_queue,
+            "existing": started.how == "existing",
+            "workflow_status": started.info.ended_as,
+        }
         ctx.json_line(json.dumps(line))
     else:
-        ctx.say(
-            f"started batch {batch_id}: {render.tasks(len(specs))} on task queue {task_queue!r}"
-        )
-        if not args.wait:
+        ctx.say(_started_line(started))
+        if not args.wait and started.info.closed:
+            ctx.say(f"  results:    {render.command('results', batch_id)}")
+        elif not args.wait:
             ctx.say(*_next_steps(batch_id))
             if args.review:
                 ctx.say(*render.review_steps(batch_id))
@@ -162,6 +176,27 @@ async def start(ctx: Context, args: StartArgs) -> int:
         interval=args.interval,
         ending="json" if args.as_json else "summary",
     )
+
+
+def _started_line(started: StartedBatch) -> str:
+    tasks = f"{render.tasks(started.total)} on task queue {started.task_queue!r}"
+    batch_id = started.batch_id
+    if started.how == "existing":
+        same = f"with the same {render.tasks(started.total)} and options; nothing was changed"
+        if started.info.closed:
+            return f"batch {batch_id} has already finished ({started.info.ended_as}), {same}"
+        return f"batch {batch_id} already exists ({started.info.ended_as}), {same}"
+    if started.how == "unstarted":
+        return (
+            f"started batch {batch_id}: {tasks} (an earlier start wrote its definitions and "
+            "did not start it)"
+        )
+    if started.how == "replaced":
+        return (
+            f"started batch {batch_id}: {tasks}, replacing the definitions an earlier start "
+            f"wrote and never started (other {started.replaced})"
+        )
+    return f"started batch {batch_id}: {tasks}"
 
 
 def _next_steps(batch_id: str) -> list[str]:
@@ -181,5 +216,6 @@ START = Command(
     details="FILE|DIR is a JSON Lines file (one task per line: id, input, and optionally label, "
     "kind,\npriority, depends_on, scheduled_for, metadata), a CSV file with those columns, or a\n"
     "directory of .txt/.md files (one task per file). Every line is checked first: nothing\n"
-    "starts if any line is wrong.",
+    "starts if any line is wrong. Starting again under the same --batch-id is safe: the same\n"
+    "tasks and options find the batch (exit 0), other ones are refused (exit 2).",
 )

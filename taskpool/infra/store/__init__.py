@@ -11,12 +11,14 @@ import importlib
 import sqlite3
 import types
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskStatus
 from taskpool.domain.turns import TaskConversation, TurnRecord
+from taskpool.infra.store.batch_records import BatchRecord
 
 
 class TaskStore(Protocol):
@@ -65,6 +67,22 @@ class TaskStore(Protocol):
 
     async def has_batch(self, batch_id: str) -> bool:
         """Whether the store has any task of the batch."""
+
+    async def count_by_status(self, batch_id: str) -> dict[str, int]:
+        """How many of the batch's tasks are in each status (statuses without tasks left out),
+        in one query: what `status` shows when no worker answers the batch's query."""
+
+    async def claim_batch(
+        self, record: BatchRecord, *, replacing: str | None = None
+    ) -> BatchRecord:
+        """Keep `record` unless the store has a record of its batch; the record kept. With
+        `replacing` (a fingerprint), a record with that fingerprint whose batch never started is
+        deleted first, with the batch's tasks, events and turns, in the same transaction."""
+
+    async def batch_record(self, batch_id: str) -> BatchRecord | None: ...
+
+    async def mark_batch_started(self, batch_id: str, at: datetime) -> None:
+        """Note that the batch's workflow was started (from then on its record stays)."""
 
     async def close(self) -> None: ...
 

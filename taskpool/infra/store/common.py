@@ -293,6 +293,8 @@ def update_assignments(update: TaskRecordUpdate, now: datetime) -> dict[str, Any
         values["completed_at"] = encode_time(update.completed_at)
     if update.input is not None:
         values["input"] = encode_json(update.input)
+    if update.priority is not None:
+        values["priority"] = update.priority.value
     latest = max((event.at for event in update.events), key=decode_time, default=now)
     values["updated_at"] = encode_time(latest)
     return values

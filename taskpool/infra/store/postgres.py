@@ -26,6 +26,12 @@ from psycopg_pool import AsyncConnectionPool
 from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecordUpdate
 from taskpool.domain.tasks import TaskEvent, TaskStatus
 from taskpool.domain.turns import TaskConversation, TurnRecord
+from taskpool.infra.store.batch_records import (
+    BATCH_COLUMNS,
+    BatchRecord,
+    batch_from_row,
+    batch_row,
+)
 from taskpool.infra.store.common import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
@@ -37,6 +43,7 @@ from taskpool.infra.store.common import (
     UnknownTaskError,
     current_attempt_condition,
     current_attempt_params,
+    encode_time,
     event_from_row,
     event_row,
     record_from_row,
@@ -48,6 +55,7 @@ from taskpool.infra.store.common import (
     update_assignments,
 )
 from taskpool.infra.store.postgres_schema import (
+    BATCH_DEFINITIONS,
     EVENT_DEFINITIONS,
     SCHEMA,
     TASK_DEFINITIONS,
@@ -97,6 +105,18 @@ _TASKS = sql.SQL("SELECT {} FROM tasks").format(
     sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS))
 )
 _EVENTS = sql.SQL("SELECT e.task_id, e.key, e.type, e.at, e.message, e.data FROM events AS e")
+_BATCH = sql.SQL("SELECT {} FROM batches WHERE batch_id = %s").format(
+    sql.SQL(", ").join(map(sql.Identifier, BATCH_COLUMNS))
+)
+_CLAIM_BATCH = sql.SQL(
+    "INSERT INTO batches ({}) VALUES ({}) ON CONFLICT (batch_id) DO NOTHING"
+).format(
+    sql.SQL(", ").join(map(sql.Identifier, BATCH_COLUMNS)),
+    sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Placeholder(), column_type(BATCH_DEFINITIONS, column))
+        for column in BATCH_COLUMNS
+    ),
+)
 _READ_SNAPSHOT = sql.SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
@@ -291,6 +311,55 @@ class PostgresTaskStore:
                 "SELECT 1 FROM tasks WHERE batch_id = %s LIMIT 1", (batch_id,)
             )
             return await cursor.fetchone() is not None
+
+    async def count_by_status(self, batch_id: str) -> dict[str, int]:
+        async with (await self._ready()).connection() as conn:
+            cursor = await conn.execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE batch_id = %s GROUP BY status",
+                (batch_id,),
+            )
+            return {str(status): int(count) for status, count in await cursor.fetchall()}
+
+    async def claim_batch(
+        self, record: BatchRecord, *, replacing: str | None = None
+    ) -> BatchRecord:
+        async with (await self._ready()).connection() as conn, conn.transaction():
+            if replacing is not None:
+                gone = await conn.execute(
+                    "DELETE FROM batches WHERE batch_id = %s AND fingerprint = %s "
+                    "AND started_at IS NULL",
+                    (record.batch_id, replacing),
+                )
+                if gone.rowcount:
+                    for table in ("tasks", "events", "turns"):
+                        await conn.execute(
+                            sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(
+                                sql.Identifier(table)
+                            ),
+                            (record.batch_id,),
+                        )
+            await conn.execute(_CLAIM_BATCH, batch_row(record))
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(_BATCH, (record.batch_id,))
+            row = await cursor.fetchone()
+        if row is None:
+            raise RuntimeError(f"the record of batch {record.batch_id} vanished as it was claimed")
+        return batch_from_row(row)
+
+    async def batch_record(self, batch_id: str) -> BatchRecord | None:
+        async with (await self._ready()).connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(_BATCH, (batch_id,))
+            row = await cursor.fetchone()
+        return None if row is None else batch_from_row(row)
+
+    async def mark_batch_started(self, batch_id: str, at: datetime) -> None:
+        async with (await self._ready()).connection() as conn:
+            await conn.execute(
+                "UPDATE batches SET started_at = %s::timestamptz "
+                "WHERE batch_id = %s AND started_at IS NULL",
+                (encode_time(at), batch_id),
+            )
 
     async def batches(self) -> list[BatchSummary]:
         """Every batch in the store with its task counts per status, oldest first."""

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from psycopg import sql
 
+from taskpool.infra.store.batch_records import BATCH_COLUMNS
 from taskpool.infra.store.common import EVENT_COLUMNS, TASK_COLUMNS, TURN_COLUMNS
 
 TASK_DEFINITIONS: Mapping[str, str] = {
@@ -50,8 +51,18 @@ TURN_DEFINITIONS: Mapping[str, str] = {
     "result": "json",
     "at": "timestamptz NOT NULL",
 }
+BATCH_DEFINITIONS: Mapping[str, str] = {
+    "batch_id": "text PRIMARY KEY",
+    "fingerprint": "text NOT NULL",
+    "options": "json NOT NULL",
+    "task_count": "bigint NOT NULL",
+    "task_groups": "json NOT NULL",
+    "created_at": "timestamptz NOT NULL",
+    "started_at": "timestamptz",
+}
 if (
     tuple(TASK_DEFINITIONS) != TASK_COLUMNS
+    or tuple(BATCH_DEFINITIONS) != BATCH_COLUMNS
     or tuple(EVENT_DEFINITIONS) != EVENT_COLUMNS
     or tuple(TURN_DEFINITIONS) != TURN_COLUMNS
 ):
@@ -84,4 +95,5 @@ SCHEMA: tuple[sql.SQL | sql.Composed, ...] = (
         ["UNIQUE (batch_id, task_id, key)"],
     ),
     _table("turns", TURN_DEFINITIONS, ["PRIMARY KEY (batch_id, task_id, attempt, turn)"]),
+    _table("batches", BATCH_DEFINITIONS, []),
 )

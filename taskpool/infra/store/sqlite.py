@@ -22,6 +22,12 @@ from taskpool.domain.records import RegisterTasksRequest, TaskRecord, TaskRecord
 from taskpool.domain.tasks import TaskEvent, TaskStatus
 from taskpool.domain.turns import TaskConversation, TurnRecord
 from taskpool.infra.sqlite_files import open_shared, transaction
+from taskpool.infra.store.batch_records import (
+    BATCH_COLUMNS,
+    BatchRecord,
+    batch_from_row,
+    batch_row,
+)
 from taskpool.infra.store.common import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
@@ -33,6 +39,7 @@ from taskpool.infra.store.common import (
     UnknownTaskError,
     current_attempt_condition,
     current_attempt_params,
+    encode_time,
     event_from_row,
     event_row,
     record_from_row,
@@ -101,6 +108,15 @@ CREATE TABLE IF NOT EXISTS turns (
     result TEXT,
     at TEXT NOT NULL,
     PRIMARY KEY (batch_id, task_id, attempt, turn)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    options TEXT NOT NULL,
+    task_count INTEGER NOT NULL,
+    task_groups TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT
 );
 """
 
@@ -189,6 +205,20 @@ class SqliteTaskStore:
 
     async def has_batch(self, batch_id: str) -> bool:
         return await self._run(lambda conn: _has_batch(conn, batch_id))
+
+    async def count_by_status(self, batch_id: str) -> dict[str, int]:
+        return await self._run(lambda conn: _count_by_status(conn, batch_id))
+
+    async def claim_batch(
+        self, record: BatchRecord, *, replacing: str | None = None
+    ) -> BatchRecord:
+        return await self._run(lambda conn: _claim_batch(conn, record, replacing))
+
+    async def batch_record(self, batch_id: str) -> BatchRecord | None:
+        return await self._run(lambda conn: _batch_record(conn, batch_id))
+
+    async def mark_batch_started(self, batch_id: str, at: datetime) -> None:
+        await self._run(lambda conn: _mark_batch_started(conn, batch_id, at))
 
     async def batches(self) -> list[BatchSummary]:
         """Every batch in the store with its task counts per status, oldest first."""
@@ -393,9 +423,52 @@ def _has_batch(conn: sqlite3.Connection, batch_id: str) -> bool:
     return row is not None
 
 
+def _count_by_status(conn: sqlite3.Connection, batch_id: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT status, COUNT(*) FROM tasks WHERE batch_id = ? GROUP BY status", (batch_id,)
+    ).fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
 def _batches(conn: sqlite3.Connection) -> list[BatchSummary]:
     rows = conn.execute(
         "SELECT batch_id, status, COUNT(*), MIN(created_at), MAX(updated_at) "
         "FROM tasks GROUP BY batch_id, status"
     ).fetchall()
     return summarize_batches((row[0], row[1], row[2], row[3], row[4]) for row in rows)
+
+
+_BATCH = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches WHERE batch_id = ?"  # noqa: S608 - constant names
+
+
+def _claim_batch(
+    conn: sqlite3.Connection, record: BatchRecord, replacing: str | None
+) -> BatchRecord:
+    with transaction(conn, "IMMEDIATE"):
+        if replacing is not None:
+            gone = conn.execute(
+                "DELETE FROM batches WHERE batch_id = ? AND fingerprint = ? AND started_at IS NULL",
+                (record.batch_id, replacing),
+            )
+            if gone.rowcount:
+                for table in ("tasks", "events", "turns"):
+                    conn.execute(f"DELETE FROM {table} WHERE batch_id = ?", (record.batch_id,))  # noqa: S608 - constant names
+        conn.execute(
+            f"INSERT OR IGNORE INTO batches ({', '.join(BATCH_COLUMNS)}) "  # noqa: S608 - constant names
+            f"VALUES ({', '.join('?' for _ in BATCH_COLUMNS)})",
+            batch_row(record),
+        )
+        return batch_from_row(conn.execute(_BATCH, (record.batch_id,)).fetchone())
+
+
+def _batch_record(conn: sqlite3.Connection, batch_id: str) -> BatchRecord | None:
+    row = conn.execute(_BATCH, (batch_id,)).fetchone()
+    return None if row is None else batch_from_row(row)
+
+
+def _mark_batch_started(conn: sqlite3.Connection, batch_id: str, at: datetime) -> None:
+    with transaction(conn, "IMMEDIATE"):
+        conn.execute(
+            "UPDATE batches SET started_at = ? WHERE batch_id = ? AND started_at IS NULL",
+            (encode_time(at), batch_id),
+        )
