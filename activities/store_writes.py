@@ -6,12 +6,12 @@ activity can run more than once.
 
 from __future__ import annotations
 
-from taskpool.infra.store.common import UnknownTaskError
 from temporalio import activity
 
 from taskpool.domain import names
 from taskpool.domain.records import RecordTasksRequest, RegisterTasksRequest
 from taskpool.infra.store import TaskStore
+from taskpool.infra.store.common import UnknownTaskError
 
 
 class LifecycleActivities:

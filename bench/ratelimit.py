@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, append_result, bench_server, command_line, parse_pairs
-from taskpool.testing.scripted.wire import estimate_usage
 
 from taskpool.client.batches import start_batch
 from taskpool.domain import agents
@@ -38,6 +37,7 @@ from taskpool.domain.batch import AgentSettings, BatchOptions
 from taskpool.domain.tasks import TaskSpec
 from taskpool.infra.temporal_connection import connect
 from taskpool.testing.scripted import RequestRecord, ScriptedModelServer, default_responder
+from taskpool.testing.scripted.wire import estimate_usage
 
 WINDOW_SECONDS = 60.0
 MODEL = "scripted-model"
